@@ -1,0 +1,44 @@
+"""One exception hierarchy for hyperlapse.
+
+Every class also subclasses the matching built-in type, so callers can catch either
+``hyperlapse.errors.StoreError`` or plain ``ValueError``. Messages say what was expected,
+what was received and what to do.
+"""
+
+from __future__ import annotations
+
+
+class HyperlapseError(Exception):
+    """Base class of every error raised by hyperlapse."""
+
+
+class ConfigError(HyperlapseError, ValueError):
+    """An argument or configuration value is invalid."""
+
+
+class StoreError(HyperlapseError, ValueError):
+    """A trajectory store is missing, malformed or incompatible."""
+
+
+class NotAStoreError(StoreError, FileNotFoundError):
+    """The path does not hold a hyperlapse trajectory store."""
+
+
+class IncompatibleStoreError(StoreError):
+    """An existing store was written for a different model (architecture or parameters)."""
+
+
+class EmptyStoreError(StoreError):
+    """The store holds no committed snapshot yet."""
+
+
+class WriterError(HyperlapseError, RuntimeError):
+    """The background writer failed; raised on the training thread with the cause attached."""
+
+
+class ArchitectureError(HyperlapseError, TypeError):
+    """The model is not an MLP that hyperlapse can turn into a parameter graph."""
+
+
+class MissingDependencyError(HyperlapseError, ImportError):
+    """An optional dependency is needed for the requested feature."""

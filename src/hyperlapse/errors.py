@@ -42,3 +42,8 @@ class ArchitectureError(HyperlapseError, TypeError):
 
 class MissingDependencyError(HyperlapseError, ImportError):
     """An optional dependency is needed for the requested feature."""
+
+
+class HyperlapseWarning(UserWarning):
+    """Something the user should know that does not stop the run (non-finite weights, a model
+    that is recorded but is not an MLP)."""

@@ -1,1 +1,9 @@
-"""train."""
+"""Training the encoder: targets, losses, Riemannian refinement, ``fit_encoder``, metrics.
+
+* :mod:`.targets` -- links and deterministic non-links of a snapshot;
+* :mod:`.losses` -- link BCE, magnitude MSE, sign BCE, temporal smoothness (separate terms);
+* :mod:`.refine` -- node coordinates as ``geoopt.ManifoldParameter`` + ``RiemannianAdam``;
+* :mod:`.fit` -- :func:`~hyperlapse.train.fit.fit_encoder`;
+* :mod:`.metrics` -- ROC AUC, average precision, Spearman (no scikit-learn needed);
+* :mod:`.synthetic` -- small in-memory MLP runs for tests, examples and benchmarks.
+"""

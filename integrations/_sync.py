@@ -1,0 +1,119 @@
+"""What every trainer adapter needs: keep a recorder in step with a trainer's step counter.
+
+Trainers count optimizer steps themselves (Lightning ``trainer.global_step``, transformers
+``state.global_step``), counting gradient-accumulation micro-batches once. The adapters make that
+counter the authority: :func:`start_at` aligns a new recorder with the step the trainer starts
+or resumes at, :func:`advance_to` gives the recorder one schedule tick per optimizer step.
+No trainer is imported here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from hyperlapse.errors import ConfigError
+from hyperlapse.record.capture import DTYPES
+from hyperlapse.record.recorder import TrajectoryRecorder
+from hyperlapse.record.schedule import Schedule, make_schedule
+
+#: Recorder options an adapter passes through unchanged (see TrajectoryRecorder).
+PASSTHROUGH = (
+    "on_full",
+    "buffers",
+    "flush_every_s",
+    "snapshots_per_chunk",
+    "queue_size",
+    "report",
+)
+
+
+def check_config(
+    path: Any, every: Any, schedule: Any, dtype: Any, options: Mapping[str, Any]
+) -> Schedule:
+    """Validate an adapter's recorder configuration when the adapter is built.
+
+    Returns:
+        The schedule object (passed on to the recorder as ``schedule=``).
+
+    Raises:
+        ConfigError: naming the bad argument.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(
+            f"Expected the store path to be a str or os.PathLike (a local *.zarr path or a URL), "
+            f"but got {type(path).__name__} {path!r}."
+        )
+    unknown = sorted(set(options) - set(PASSTHROUGH))
+    if unknown:
+        raise ConfigError(
+            f"Expected recorder options among {list(PASSTHROUGH)}, but got unknown {unknown}. "
+            f"Check the spelling (see hyperlapse.TrajectoryRecorder)."
+        )
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).replace("torch.", "")
+    if dtype not in DTYPES:
+        raise ConfigError(
+            f"Expected dtype to be one of {sorted(DTYPES)}, but got {dtype!r}. float32 keeps "
+            f"weights bit-exact; float16/bfloat16 halve the store."
+        )
+    on_full = options.get("on_full", "block")
+    if on_full not in ("block", "drop"):
+        raise ConfigError(
+            f"Expected on_full to be 'block' (wait, lose nothing) or 'drop' (skip and count), "
+            f"but got {on_full!r}."
+        )
+    return make_schedule(every, schedule)
+
+
+def start_at(recorder: TrajectoryRecorder, step: int) -> None:
+    """Align a new recorder with a trainer that starts (or resumes) at optimizer step ``step``.
+
+    Captures the state at ``step`` (the initial state of a fresh run; skipped when the store
+    already holds that step). A store that runs ahead of a resumed trainer is cut back to
+    ``step``: the resumed run replays those steps.
+
+    Raises:
+        ConfigError: the store holds a run past step 0 but the trainer starts from scratch.
+    """
+    if not recorder.active:
+        return
+    stored = recorder.current_step
+    if stored > step:
+        if step == 0:
+            raise ConfigError(
+                f"Expected a new or matching store at '{recorder.path}', but it already holds a "
+                f"run up to optimizer step {stored} while the trainer starts from step 0. Record "
+                f"to a new path, delete the store, or resume the trainer from its checkpoint."
+            )
+        state = recorder.state_dict()
+        state["step"] = step
+        recorder.load_state_dict(state)  # drops the stored snapshots after `step`
+    recorder.capture(step=step)
+
+
+def advance_to(recorder: TrajectoryRecorder, step: int) -> None:
+    """One schedule tick per optimizer step the trainer made since the last call."""
+    if not recorder.active:
+        return
+    for _ in range(step - recorder.current_step):
+        recorder.step()
+
+
+def scalars(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` that are numbers or one-element tensors.
+
+    Tensors stay tensors (detached copies: no device sync here; the recorder converts them on
+    its writer thread).
+    """
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, torch.Tensor):
+            if value.numel() == 1:
+                out[str(name)] = value.detach().clone()
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[str(name)] = value
+    return out

@@ -1,0 +1,111 @@
+"""Hugging Face ``transformers.Trainer``: record a training run with one callback.
+
+Example:
+    .. code-block:: python
+
+        from transformers import Trainer
+        from hyperlapse.integrations.transformers import HyperlapseCallback
+
+        trainer = Trainer(model=model, args=args, train_dataset=data,
+                          callbacks=[HyperlapseCallback("runs/mlp.zarr", every=10)])
+        trainer.train()
+
+One schedule tick per optimizer step (``state.global_step``: gradient accumulation counted
+once); the values passed to ``on_log`` (loss, learning rate, grad norm, ...) are stored with the
+snapshots. Install with ``pip install "hyperlapse[transformers]"``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hyperlapse.errors import ConfigError, MissingDependencyError
+from hyperlapse.record.recorder import TrajectoryRecorder
+
+from ._sync import advance_to, check_config, scalars, start_at
+
+try:
+    from transformers import TrainerCallback
+except ImportError as exc:
+    raise MissingDependencyError(
+        "hyperlapse.integrations.transformers needs Hugging Face transformers, which is not "
+        "installed. Install it with: pip install 'hyperlapse[transformers]'"
+    ) from exc
+
+__all__ = ["HyperlapseCallback"]
+
+
+class HyperlapseCallback(TrainerCallback):
+    """Record the trained model's parameters into a hyperlapse trajectory store.
+
+    Args:
+        path: store path (``*.zarr``) or URL.
+        every: capture every ``every`` optimizer steps (``state.global_step``).
+        schedule: instead of ``every``: ``"log"`` or ``callable(step) -> bool``.
+        dtype: stored dtype ("float32", "float16", "bfloat16").
+        log_metrics: store the scalars the trainer logs (``on_log``) with the snapshots.
+        **options: passed to :class:`hyperlapse.TrajectoryRecorder`.
+
+    Raises:
+        ConfigError: an invalid argument (here, not during training); at train begin: FSDP or
+            DeepSpeed (rank 0 does not hold the whole model), or a store that already holds a
+            later part of another run.
+
+    Records on the world process zero only. ``trainer.train(resume_from_checkpoint=...)``
+    continues the same store from the checkpoint's ``global_step`` (later snapshots are
+    dropped: the resumed run replays them).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        every: int | None = None,
+        *,
+        schedule: Any = None,
+        dtype: str = "float32",
+        log_metrics: bool = True,
+        **options: Any,
+    ) -> None:
+        self._schedule = check_config(path, every, schedule, dtype, options)
+        self.path = os.fspath(path)
+        self.dtype = dtype
+        self.log_metrics = bool(log_metrics)
+        self.options = options
+        self.recorder: TrajectoryRecorder | None = None
+
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
+        fsdp, deepspeed = getattr(args, "fsdp", None), getattr(args, "deepspeed", None)
+        if fsdp or deepspeed:
+            raise ConfigError(
+                f"Expected a Trainer where process zero holds the whole model, but the "
+                f"arguments shard the parameters across processes (got fsdp={fsdp!r}, "
+                f"deepspeed={deepspeed!r}). HyperlapseCallback does not gather them: train "
+                f"without sharding, or record from your own loop."
+            )
+        if not state.is_world_process_zero or model is None:
+            return
+        recorder = TrajectoryRecorder(
+            self.path, model, schedule=self._schedule, dtype=self.dtype, **self.options
+        )
+        try:
+            start_at(recorder, state.global_step)
+        except BaseException:
+            recorder.close()  # Trainer has no exception hook: close before raising
+            raise
+        self.recorder = recorder
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.recorder is not None:
+            advance_to(self.recorder, state.global_step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if self.recorder is not None and self.log_metrics and logs:
+            self.recorder.log(**scalars(logs))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            recorder.close()

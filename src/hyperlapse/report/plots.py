@@ -1,0 +1,247 @@
+"""PNG plots of a run's structure reports (matplotlib, object API: no pyplot, thread-safe).
+
+Each function takes the reports (and, for the disk and heat maps, arrays) and writes one PNG;
+it returns the path. matplotlib is an optional dependency (``pip install hyperlapse[plots]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import MissingDependencyError
+
+__all__ = [
+    "plot_radius",
+    "plot_drift",
+    "plot_scores",
+    "plot_disk",
+    "plot_volume_maps",
+    "project_to_disk",
+]
+
+_DPI = 100
+
+
+def _figure(width: float = 7.0, height: float = 3.6):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(
+            "Plots need matplotlib, which is not installed. Install it with "
+            "`pip install hyperlapse[plots]`, or pass plots=False."
+        ) from exc
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def _series(reports: Sequence[Mapping[str, Any]], get) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for rep in reports:
+        value = get(rep)
+        if value is not None:
+            xs.append(rep["step"])
+            ys.append(value)
+    return xs, ys
+
+
+def _layer_label(layer: Mapping[str, Any]) -> str:
+    return f"layer {layer['layer']} ({layer['type']}, {layer['width']})"
+
+
+def plot_radius(reports: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Mean hyperbolic radius per layer over optimizer steps (band: +- one std)."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for l, layer in enumerate(reports[0]["layers"]):
+        xs, mean = _series(reports, lambda r, l=l: r["layers"][l]["radius_mean"])
+        _, std = _series(reports, lambda r, l=l: r["layers"][l]["radius_std"])
+        ax.plot(xs, mean, marker="." if len(xs) < 30 else None, label=_layer_label(layer))
+        lo = [m - s for m, s in zip(mean, std, strict=True)]
+        hi = [m + s for m, s in zip(mean, std, strict=True)]
+        ax.fill_between(xs, lo, hi, alpha=0.15)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("hyperbolic radius d(0, z)")
+    ax.set_title("Radius per layer (small = central in the hierarchy)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_drift(reports: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Mean drift ``d(z_t, z_{t-1})`` per layer over optimizer steps (log scale)."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for l, layer in enumerate(reports[0]["layers"]):
+        xs, ys = _series(reports, lambda r, l=l: r["layers"][l]["drift_mean"])
+        ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=_layer_label(layer))
+    if any(y > 0 for line in ax.get_lines() for y in line.get_ydata()):
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean drift d(z_t, z_{t-1})")
+    ax.set_title("How far neurons moved since the previous snapshot")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_scores(reports: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Held-out prediction scores for snapshot t made at t-1, over optimizer steps."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    names = {
+        "link_auc": "link AUC",
+        "link_ap": "link AP",
+        "new_link_auc": "new-link AUC",
+        "new_link_ap": "new-link AP",
+        "sign_acc": "sign accuracy",
+    }
+    for key, label in names.items():
+        xs, ys = _series(reports, lambda r, key=key: r["scores"].get(key))
+        if xs:
+            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("score")
+    ax.set_title("Predicting snapshot t from t-1 (held out)")
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def project_to_disk(
+    z: Tensor, c: float = 1.0, basis: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Project Poincare-ball points to the 2-D disk through the tangent space at the origin.
+
+    ``log0`` maps the points to the tangent space; they are projected on the two principal
+    (uncentred) directions (or ``basis``) and mapped back with ``exp0`` of the 2-D ball, so the
+    origin and radial order are kept and radii only shrink.
+
+    Shapes:
+        z: ``[N, d]``; returns ``(points [N, 2], basis [d, 2])``.
+    """
+    z = z.detach().to(torch.float64)
+    sqrt_c = c**0.5
+    norm = z.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+    u = torch.atanh((sqrt_c * norm).clamp(max=1 - 1e-7)) * z / (sqrt_c * norm)
+    if z.shape[-1] <= 2:
+        u2 = torch.nn.functional.pad(u, (0, 2 - z.shape[-1]))
+        basis = torch.eye(z.shape[-1], 2, dtype=torch.float64)
+    else:
+        if basis is None:
+            _, _, vh = torch.linalg.svd(u, full_matrices=False)
+            basis = vh[:2].T
+        u2 = u @ basis
+    n2 = u2.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+    return torch.tanh(sqrt_c * n2) * u2 / (sqrt_c * n2), basis
+
+
+def plot_disk(
+    snapshots: Mapping[int, Tensor],
+    node_layer: Tensor,
+    path: str | Path,
+    *,
+    c: float = 1.0,
+    hubs: Mapping[int, Sequence[int]] | None = None,
+) -> Path:
+    """The Poincare disk with neurons coloured by layer, one panel per chosen snapshot.
+
+    Args:
+        snapshots: ``{step: z [N, d]}``, at most ~4 for a readable figure. For ``d > 2`` all
+            panels share the principal directions of the last snapshot.
+        node_layer: ``[N]`` layer of each node.
+        hubs: optional ``{step: node ids}`` drawn with a black ring.
+    """
+    steps = list(snapshots)
+    fig = _figure(3.4 * len(steps), 3.6)
+    basis = None
+    if steps:
+        _, basis = project_to_disk(snapshots[steps[-1]], c)
+    layers = node_layer.tolist()
+    num_layers = max(layers) + 1
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    colours = [cmap(layer / max(num_layers - 1, 1)) for layer in layers]
+    for i, step in enumerate(steps):
+        ax = fig.add_subplot(1, len(steps), i + 1)
+        p, _ = project_to_disk(snapshots[step], c, basis)
+        radius = 1 / c**0.5
+        from matplotlib.patches import Circle
+
+        ax.add_patch(Circle((0, 0), radius, fill=False, color="grey", lw=0.8))
+        ax.scatter(p[:, 0], p[:, 1], s=6, c=colours, linewidths=0)
+        if hubs and step in hubs and len(hubs[step]):
+            h = p[list(hubs[step])]
+            ax.scatter(h[:, 0], h[:, 1], s=30, facecolors="none", edgecolors="black", lw=0.8)
+        ax.set_xlim(-radius * 1.02, radius * 1.02)
+        ax.set_ylim(-radius * 1.02, radius * 1.02)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"step {step}", fontsize=9)
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], ls="", marker="o", color=cmap(layer / max(num_layers - 1, 1)),
+               label=f"layer {layer}")
+        for layer in range(num_layers)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(num_layers, 6), fontsize=8)
+    fig.subplots_adjust(bottom=0.15)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_volume_maps(
+    panels: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    points: Tensor | None = None,
+    labels: Tensor | None = None,
+) -> Path:
+    """Heat maps of the log volume element over a 2-D input grid, decision boundary on top.
+
+    Args:
+        panels: one dict per panel (e.g. init and end, side by side), each with ``title``,
+            ``xs`` ``[nx]``, ``ys`` ``[ny]``, ``log_volume`` ``[ny, nx]`` and ``logits``
+            ``[ny, nx, C]``.
+        points, labels: optional data ``[M, 2]`` / ``[M]`` drawn on top.
+    """
+    fig = _figure(4.2 * len(panels), 3.8)
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        xs, ys = panel["xs"].numpy(), panel["ys"].numpy()
+        lv = panel["log_volume"].numpy()
+        mesh = ax.pcolormesh(xs, ys, lv, shading="auto", cmap="magma")
+        fig.colorbar(mesh, ax=ax, label="log sqrt(det g)")
+        logits = panel["logits"]
+        if logits.shape[-1] == 2:
+            field, levels = (logits[..., 1] - logits[..., 0]).numpy(), [0.0]
+        elif logits.shape[-1] == 1:
+            field, levels = logits[..., 0].numpy(), [0.0]
+        else:
+            field = logits.argmax(-1).to(torch.float64).numpy()
+            levels = [k + 0.5 for k in range(logits.shape[-1] - 1)]
+        if field.min() < levels[0] < field.max() or len(levels) > 1:
+            ax.contour(xs, ys, field, levels=levels, colors="cyan", linewidths=1.2)
+        if points is not None:
+            ax.scatter(points[:, 0], points[:, 1], s=3, c=labels, cmap="coolwarm", alpha=0.5)
+        ax.set_title(panel["title"], fontsize=9)
+        ax.set_aspect("equal")
+    return _save(fig, path)

@@ -1,0 +1,139 @@
+"""``hyperlapse info``: a summary of a trajectory store as a dict and as text."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import EmptyStoreError
+from . import format as fmt
+from .reader import open_trajectory
+
+__all__ = ["store_info", "format_info"]
+
+
+def _local_files(location: str | os.PathLike, prefix: str = "") -> tuple[int, int]:
+    """(files, bytes) under a local store (or one of its sub-folders)."""
+    root = fmt.local_path(location) / prefix
+    files = size = 0
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            files += 1
+            size += os.path.getsize(os.path.join(dirpath, name))
+    return files, size
+
+
+def store_info(location: str | os.PathLike) -> dict[str, Any]:
+    """Summarise a store: snapshots, steps, parameters, sizes, architecture, metrics, health.
+
+    Raises:
+        NotAStoreError: ``location`` is not a hyperlapse store.
+        EmptyStoreError: the store holds no committed snapshot.
+    """
+    traj = open_trajectory(location)
+    attrs = traj.attrs
+    n = len(traj)
+    if n == 0:
+        raise EmptyStoreError(
+            f"The store at '{traj.location}' holds no committed snapshot (closed cleanly: "
+            f"{bool(attrs.get('closed'))}). Was the recorder killed before its first flush?"
+        )
+    local = not fmt.is_url(location)
+    params = []
+    for p in attrs["parameters"]:
+        view = traj.weights(p["name"])
+        numel = math.prod(p["shape"])
+        itemsize = np.dtype(view.dtype).itemsize
+        stored = (
+            _local_files(location, f"{fmt.PARAMS}/{p['name']}")[1]
+            if local
+            else int(view.zarr.nbytes_stored())
+        )
+        params.append(
+            {
+                "name": p["name"],
+                "shape": list(p["shape"]),
+                "dtype": p["dtype"],
+                "numel": numel,
+                "stored_bytes": stored,
+                "raw_bytes": numel * itemsize * n,
+            }
+        )
+    raw = sum(p["raw_bytes"] for p in params)
+    stored = sum(p["stored_bytes"] for p in params)
+    float32_raw = sum(p["numel"] * 4 * n for p in params)
+    files, total = _local_files(location) if local else (None, None)
+    arch = attrs.get("architecture")
+    return {
+        "path": traj.location,
+        "format": attrs["format"],
+        "version": attrs["version"],
+        "created": attrs.get("created"),
+        "snapshots": n,
+        "steps": [int(traj.steps[0]), int(traj.steps[-1])],
+        "parameters": params,
+        "numel": sum(p["numel"] for p in params),
+        "raw_bytes": raw,
+        "stored_bytes": stored,
+        "compression_ratio": stored / raw if raw else None,
+        "ratio_to_float32": stored / float32_raw if float32_raw else None,
+        "total_bytes": total,
+        "files": files,
+        "architecture": arch,
+        "widths": (arch or {}).get("widths"),
+        "metrics": list(traj.metrics),
+        "closed": bool(attrs.get("closed")),
+        "dropped": int(attrs.get("dropped", 0)),
+        "report_dropped": int(attrs.get("report_dropped", 0)),
+        "nonfinite": int(attrs.get("nonfinite", 0)),
+        "recorder": attrs.get("recorder"),
+        "versions": attrs.get("versions"),
+    }
+
+
+def _size(nbytes: float | None) -> str:
+    if nbytes is None:
+        return "n/a"
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TB"  # pragma: no cover
+
+
+_NOT_CLOSED = "no (the writer did not close: it crashed or is still running)"
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Human-readable text of :func:`store_info`'s dict."""
+    arch = "not an MLP (no graph analysis)"
+    if info["widths"]:
+        acts = [layer["activation"] or "-" for layer in info["architecture"]["layers"]]
+        arch = f"MLP {'-'.join(map(str, info['widths']))} (activations: {', '.join(acts)})"
+    lines = [
+        f"store        {info['path']}",
+        f"format       {info['format']} v{info['version']} (created {info['created']})",
+        f"snapshots    {info['snapshots']}  steps {info['steps'][0]}..{info['steps'][1]}",
+        f"architecture {arch}",
+        f"parameters   {len(info['parameters'])} tensors, {info['numel']:,} values",
+    ]
+    width = max(len(p["name"]) for p in info["parameters"])
+    for p in info["parameters"]:
+        shape = "x".join(map(str, p["shape"])) or "scalar"
+        lines.append(
+            f"  {p['name']:<{width}}  {shape:>12}  {p['dtype']:<8}  "
+            f"{_size(p['stored_bytes'])} of {_size(p['raw_bytes'])}"
+        )
+    lines += [
+        f"size         {_size(info['stored_bytes'])} stored / {_size(info['raw_bytes'])} raw "
+        f"({info['compression_ratio']:.2f}; {info['ratio_to_float32']:.2f} of float32)",
+        f"files        {info['files'] if info['files'] is not None else 'n/a'}",
+        f"metrics      {', '.join(info['metrics']) or 'none'}",
+        f"closed       {'yes' if info['closed'] else _NOT_CLOSED}",
+        f"dropped      {info['dropped']}  (report listener: {info['report_dropped']})",
+        f"non-finite   {info['nonfinite']} snapshots",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "online_scaling.py"
+
+
+@pytest.mark.slow
+def test_online_scaling_quick(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("online_scaling", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "r.json"
+    res = module.main(["--quick", "--out", str(out)])
+    assert out.exists()
+    small = res["sizes"]["64-64-32-10"]
+    assert set(small["per_snapshot"]["seconds"]) == {"T=3", "T=6"}
+    assert small["reencode"]["speedup"] > 0
+    assert res["training_slowdown"]["with_live_report"]["dropped"] == 0
+    assert res["training_slowdown"]["with_live_report"]["reported"] == 3  # steps 0, 10, 20
+    assert res["machine"]["cpu_count"] >= 1

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from hyperlapse.errors import ArchitectureError, ConfigError
+from hyperlapse.graph.parameter_graph import ParameterGraph
+from hyperlapse.graph.permute import node_permutation, permute_hidden
+from hyperlapse.online.encoder import OnlineEncoder
+from hyperlapse.report.metrics import auc_ap
+from hyperlapse.report.schema import SCORE_FIELDS, check_report
+from hyperlapse.train.targets import snapshot_targets
+
+KW = dict(d=4, refine_steps=2, dtype=torch.float64, num_hubs=3)
+
+
+def _strip(report):
+    return {k: v for k, v in report.items() if k != "timing"}
+
+
+def _close(a, b, path="", tol=1e-6):
+    """Recursive comparison of JSON values with a float tolerance."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}", tol)
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]", tol)
+    elif isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=tol, abs_tol=tol), (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+def _run(arch, states, steps, before_last=None, **kw):
+    online = OnlineEncoder(arch, **{**KW, **kw})
+    reports, zs = [], []
+    for t, (state, step) in enumerate(zip(states, steps, strict=True)):
+        if t == len(states) - 1 and before_last is not None:
+            before_last.update(encoder=copy.deepcopy(online.encoder), z=online.z.clone())
+        reports.append(online.update(state, step, {"loss": 1.0 / (step + 1)}))
+        zs.append(online.z.clone())
+    return reports, torch.stack(zs), online
+
+
+@pytest.fixture(scope="module")
+def base(run_factory):
+    arch, states, steps, _ = run_factory(num=4)
+    before_last = {}
+    reports, zs, online = _run(arch, states, steps, before_last)
+    return arch, states, steps, reports, zs, online, before_last
+
+
+def test_reports_follow_the_schema_and_score_only_from_t_minus_1(base):
+    arch, states, steps, reports, zs, online, before_last = base
+    for t, report in enumerate(reports):
+        check_report(report)
+        assert report["index"] == t and report["step"] == steps[t]
+        assert [layer["width"] for layer in report["layers"]] == arch["widths"]
+        assert report["metrics"]["loss"] == pytest.approx(1.0 / (steps[t] + 1))
+        for layer in report["layers"]:
+            assert layer["radius_mean"] > 0
+    assert all(reports[0]["scores"][k] is None for k in SCORE_FIELDS)
+    assert reports[0]["layers"][1]["drift_mean"] is None
+    assert all(0 <= reports[-1]["scores"][k] <= 1 for k in ("link_auc", "link_ap", "sign_acc"))
+    assert reports[1]["weights"][0]["sign_flips"] is not None
+    # the link AUC of snapshot t is that of the head (as it was before t) on z_{t-1}
+    enc = before_last["encoder"]
+    assert torch.equal(before_last["z"], zs[-2])
+    graph = ParameterGraph.from_state_dict(states[-1], arch)
+    targets = snapshot_targets(enc.prepare(graph), q=online.config.link_q)
+    with torch.no_grad():
+        logits = enc.link_head(before_last["z"], targets.pairs)
+    auc, ap = auc_ap(logits, targets.link > 0.5)
+    assert reports[-1]["scores"]["link_auc"] == pytest.approx(auc, abs=1e-12)
+    assert reports[-1]["scores"]["link_ap"] == pytest.approx(ap, abs=1e-12)
+
+
+def test_deterministic_for_a_fixed_seed(base):
+    arch, states, steps, r1, z1, _, _ = base
+    r2, z2, _ = _run(arch, states, steps)
+    # bit-identical across processes (see test_analyze); within one process the second run
+    # can differ in the last bit (float64), hence the tolerance
+    _close([_strip(r) for r in r1], [_strip(r) for r in r2], tol=1e-12)
+    assert torch.allclose(z1, z2, rtol=0, atol=1e-13)
+    online = OnlineEncoder(arch, **{**KW, "seed": 4})
+    online.update(states[0], 0)
+    assert not torch.equal(z1[0], online.z)
+
+
+def test_equivariant_to_permuting_hidden_neurons(base):
+    arch, states, steps, r1, z1, _, _ = base
+    g = torch.Generator().manual_seed(1)
+    _, perms = permute_hidden(states[0], arch, generator=g)
+    permuted = [permute_hidden(s, arch, perms)[0] for s in states]
+    r2, z2, _ = _run(arch, permuted, steps)
+    node_perm = node_permutation(arch["widths"], perms)  # new -> old
+    assert not torch.equal(node_perm, torch.arange(len(node_perm)))
+    assert torch.allclose(z2, z1[:, node_perm], atol=1e-6)
+    for a, b in zip(r1, r2, strict=True):
+        b = _strip(b)
+        b["hubs"] = dict(b["hubs"], nodes=[int(node_perm[n]) for n in b["hubs"]["nodes"]])
+        a = _strip(a)
+        # the index within a layer is not invariant (it is the neuron's position)
+        a["hubs"].pop("index")
+        b["hubs"].pop("index")
+        _close(a, b)
+
+
+def test_cost_per_snapshot_is_bounded(run_factory):
+    arch, states, steps, _ = run_factory(num=7)
+    online = OnlineEncoder(arch, **{**KW, "window": 2, "geometry_every": 0})
+    sizes = []
+    for state, step in zip(states, steps, strict=True):
+        online.update(state, step)
+        held = online.retained()
+        assert all(not t.requires_grad and t.grad_fn is None for t in held)
+        assert len(online._state.history) <= 2
+        sizes.append((len(held), sum(t.numel() for t in held)))
+        opt_state = online._optimizer.state_dict()["state"]
+        sizes[-1] += (sum(v.numel() for s in opt_state.values() for v in s.values()
+                          if torch.is_tensor(v)),)
+    # from the moment the window is full, nothing kept between snapshots grows
+    assert len(set(sizes[2:])) == 1, sizes
+
+
+def test_pretrained_encoder_from_path(tmp_path, small_run):
+    arch, states, steps, _ = small_run
+    first = OnlineEncoder(arch, **KW)
+    path = tmp_path / "enc.pt"
+    first.encoder.save(path)
+    online = OnlineEncoder(arch, encoder=path, refine_steps=2)
+    assert online.mode == "pretrained" and online._optimizer is None
+    before = {k: v.clone() for k, v in online.encoder.state_dict().items()}
+    report = online.update(states[0], 0)
+    assert report["encoder"]["mode"] == "pretrained" and report["encoder"]["train"] is None
+    assert all(torch.equal(before[k], v) for k, v in online.encoder.state_dict().items())
+
+
+@pytest.mark.slow
+def test_learns_a_static_run(run_factory):
+    """Self-supervised on the run: links of an unchanging network become predictable."""
+    arch, states, steps, _ = run_factory(num=1, widths=(4, 12, 12, 3))
+    online = OnlineEncoder(arch, d=4, geometry_every=0)
+    aucs = [online.update(states[0], t)["scores"]["link_auc"] for t in range(6)]
+    assert aucs[-1] > 0.8, aucs
+
+
+def test_errors(small_run):
+    arch, states, _, _ = small_run
+    with pytest.raises(ArchitectureError):
+        OnlineEncoder(None)
+    with pytest.raises(ConfigError, match="refine_steps"):
+        OnlineEncoder(arch, refine_steps=-1)
+    with pytest.raises(ConfigError, match="probe"):
+        OnlineEncoder(arch, probes=torch.zeros(4, 5))
+    with pytest.raises(ConfigError, match="encoder"):
+        OnlineEncoder(arch, encoder=3)
+    online = OnlineEncoder(arch, **KW)
+    with pytest.raises(ArchitectureError):
+        online.update({"nope": torch.zeros(1)}, 0)

@@ -18,7 +18,7 @@ import zarr
 from torch import nn
 
 import hyperlapse.record.recorder as recorder_module
-from hyperlapse import TrajectoryRecorder, open_trajectory
+from hyperlapse import TrajectoryRecorder, describe_mlp, open_trajectory
 from hyperlapse.errors import (
     ConfigError,
     HyperlapseWarning,
@@ -416,6 +416,29 @@ def test_report_listener_sees_every_snapshot(tmp_path) -> None:
         assert all(torch.equal(state[k], states[step][k]) for k in states[step])
         if step in (2, 4, 6):  # log() after the step that captured: same snapshot
             assert metrics["i"] == step and metrics["loss"] == traj.metrics["loss"][index]
+
+
+def test_report_on_start_gets_the_architecture_before_any_snapshot(tmp_path) -> None:
+    class WithStart(_Listener):
+        def on_start(self, architecture) -> None:
+            self.start = (architecture, len(self.calls))
+
+    listener = WithStart()
+    model = _mlp()
+    with TrajectoryRecorder(tmp_path / "r.zarr", model, every=1, report=listener) as rec:
+        _train(model, rec, 2)
+    architecture, calls_before = listener.start
+    assert calls_before == 0 and architecture == describe_mlp(model)
+
+
+def test_log_keeps_the_value_of_a_tensor_changed_in_place_later(tmp_path) -> None:
+    model = _mlp()
+    value = torch.tensor(1.5)
+    with TrajectoryRecorder(tmp_path / "r.zarr", model, every=1, flush_every_s=60) as rec:
+        rec.capture()
+        rec.log(loss=value)
+        value.fill_(-7.0)
+    assert open_trajectory(tmp_path / "r.zarr").metrics["loss"][0] == 1.5
 
 
 def test_slow_report_drops_instead_of_blocking(tmp_path) -> None:

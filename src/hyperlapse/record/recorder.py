@@ -18,6 +18,7 @@ import atexit
 import math
 import os
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -92,7 +93,8 @@ class TrajectoryRecorder:
         queue_size: capture buffers in flight between training and writer thread (default:
             enough for ~64 MB, 4..64), so training rarely waits while the writer flushes a shard.
         report: optional listener with ``on_snapshot(index, step, state, metrics)`` and
-            ``close()`` (see docs/recording.md).
+            ``close()``, and optionally ``on_start(architecture)``, called once with the MLP
+            description before the first snapshot (see docs/recording.md).
 
     Raises:
         ConfigError: an invalid argument (checked here, never on the hot path).
@@ -309,7 +311,11 @@ class TrajectoryRecorder:
         if not self.active or self._closed:
             return
         self._raise_pending()
-        values = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in scalars.items()}
+        # clone: the caller may change the tensor in place before the writer reads it
+        values = {
+            k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
+            for k, v in scalars.items()
+        }
         slot = self._slot
         if slot is not None and slot.step == self._step and slot.add(values):
             return
@@ -462,6 +468,7 @@ class TrajectoryRecorder:
 
     # -- writer thread -----------------------------------------------------------------------
     def _writer_loop(self) -> None:
+        _lower_thread_priority(_WRITER_NICENESS)
         writer = self.writer
         assert writer is not None
         self._last_report: tuple[int, int, dict[str, torch.Tensor], _MetricsSlot] | None = None
@@ -534,7 +541,14 @@ class TrajectoryRecorder:
             self.writer.report_dropped += 1
 
     def _report_loop(self) -> None:
+        _lower_thread_priority(_WRITER_NICENESS)
         assert self._report_q is not None
+        on_start = getattr(self._report, "on_start", None)
+        if callable(on_start) and self.architecture is not None:
+            try:
+                on_start(self.architecture)
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread
+                self._set_error(exc)
         while True:
             item = self._report_q.get()
             if item is _CLOSE:
@@ -605,3 +619,20 @@ def _close_open_recorders() -> None:
 # hook registered here (after zarr imported concurrent.futures) runs while they still work.
 _register = getattr(threading, "_register_atexit", atexit.register)
 _register(_close_open_recorders)
+
+
+# Background threads run at a lower scheduling priority than training: on a machine whose
+# cores are all busy with the training threads, compression then fills idle time instead of
+# preempting training (measured in benchmarks/recording_overhead.py). Linux only; elsewhere
+# (or if refused) the threads keep the default priority.
+_WRITER_NICENESS = int(os.environ.get("HYPERLAPSE_WRITER_NICENESS", "10"))
+
+
+def _lower_thread_priority(niceness: int) -> None:
+    if niceness <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+    except (OSError, AttributeError):
+        pass

@@ -16,8 +16,7 @@ from typing import Any
 import torch
 
 from hyperlapse.errors import ConfigError
-from hyperlapse.record.capture import DTYPES
-from hyperlapse.record.recorder import TrajectoryRecorder
+from hyperlapse.record.recorder import TrajectoryRecorder, check_dtype_and_on_full
 from hyperlapse.record.schedule import Schedule, make_schedule
 
 #: Recorder options an adapter passes through unchanged (see TrajectoryRecorder).
@@ -53,19 +52,7 @@ def check_config(
             f"Expected recorder options among {list(PASSTHROUGH)}, but got unknown {unknown}. "
             f"Check the spelling (see hyperlapse.TrajectoryRecorder)."
         )
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).replace("torch.", "")
-    if dtype not in DTYPES:
-        raise ConfigError(
-            f"Expected dtype to be one of {sorted(DTYPES)}, but got {dtype!r}. float32 keeps "
-            f"weights bit-exact; float16/bfloat16 halve the store."
-        )
-    on_full = options.get("on_full", "block")
-    if on_full not in ("block", "drop"):
-        raise ConfigError(
-            f"Expected on_full to be 'block' (wait, lose nothing) or 'drop' (skip and count), "
-            f"but got {on_full!r}."
-        )
+    check_dtype_and_on_full(dtype, options.get("on_full", "block"))
     return make_schedule(every, schedule)
 
 

@@ -72,6 +72,30 @@ class _Item:
         self.buf, self.step, self.wall_time, self.metrics = buf, step, wall_time, metrics
 
 
+def check_dtype_and_on_full(dtype: str | torch.dtype, on_full: str) -> str:
+    """Validate the ``dtype`` and ``on_full`` options (shared with the trainer adapters).
+
+    Returns:
+        The dtype's name (``"float32"``, ``"float16"`` or ``"bfloat16"``).
+
+    Raises:
+        ConfigError: saying what is accepted.
+    """
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).replace("torch.", "")
+    if dtype not in DTYPES:
+        raise ConfigError(
+            f"Expected dtype to be one of {sorted(DTYPES)}, but got {dtype!r}. float32 "
+            f"keeps weights bit-exact; float16/bfloat16 halve the store."
+        )
+    if on_full not in ("block", "drop"):
+        raise ConfigError(
+            f"Expected on_full to be 'block' (wait, lose nothing) or 'drop' (skip and "
+            f"count), but got {on_full!r}."
+        )
+    return dtype
+
+
 class TrajectoryRecorder:
     """Record a model's parameters during training into a Zarr trajectory store.
 
@@ -140,18 +164,7 @@ class TrajectoryRecorder:
         report: Any = None,
     ) -> None:
         self._schedule = make_schedule(every, schedule)
-        if isinstance(dtype, torch.dtype):
-            dtype = str(dtype).replace("torch.", "")
-        if dtype not in DTYPES:
-            raise ConfigError(
-                f"Expected dtype to be one of {sorted(DTYPES)}, but got {dtype!r}. float32 "
-                f"keeps weights bit-exact; float16/bfloat16 halve the store."
-            )
-        if on_full not in ("block", "drop"):
-            raise ConfigError(
-                f"Expected on_full to be 'block' (wait, lose nothing) or 'drop' (skip and "
-                f"count), but got {on_full!r}."
-            )
+        dtype = check_dtype_and_on_full(dtype, on_full)
         if flush_every_s is not None and not (
             isinstance(flush_every_s, (int, float)) and flush_every_s > 0
         ):

@@ -407,14 +407,7 @@ class TrajectoryRecorder:
                 self._report.close()
             except Exception as exc:  # noqa: BLE001 - re-raised with context below
                 self._set_error(exc)
-        self._warn_nonfinite()
-        if self._error is not None and not self._error_raised:
-            self._error_raised = True
-            raise WriterError(
-                f"Recording to '{self.path}' failed in the background "
-                f"({type(self._error).__name__}: {self._error}). Snapshots committed before the "
-                f"failure are intact; see the cause below."
-            ) from self._error
+        self._raise_pending(closing=True)
 
     def __enter__(self) -> TrajectoryRecorder:
         return self
@@ -580,14 +573,15 @@ class TrajectoryRecorder:
         if self._error is None:
             self._error = exc
 
-    def _raise_pending(self) -> None:
+    def _raise_pending(self, closing: bool = False) -> None:
         self._warn_nonfinite()
         if self._error is not None and not self._error_raised:
             self._error_raised = True
+            todo = "see" if closing else "close() the recorder and see"
             raise WriterError(
                 f"Recording to '{self.path}' failed in the background "
                 f"({type(self._error).__name__}: {self._error}). Snapshots committed before the "
-                f"failure are intact; close() the recorder and see the cause below."
+                f"failure are intact; {todo} the cause below."
             ) from self._error
 
     def _warn_nonfinite(self) -> None:

@@ -44,7 +44,7 @@ import zarr
 from torch import nn
 
 from hyperlapse import TrajectoryRecorder, __version__
-from hyperlapse.store.info import store_info
+from hyperlapse.store.info import disk_usage, store_info
 
 MODELS = {
     # name: (widths, batch, steps in the full run)
@@ -62,15 +62,6 @@ def make_mlp(widths: list[int], seed: int = 0) -> nn.Module:
     for a, b in zip(widths[:-1], widths[1:], strict=True):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers[:-1])
-
-
-def _disk(path: Path) -> tuple[int, int]:
-    files = size = 0
-    for dirpath, _, names in os.walk(path):
-        for name in names:
-            files += 1
-            size += os.path.getsize(os.path.join(dirpath, name))
-    return files, size
 
 
 def run_once(widths: list[int], batch: int, steps: int, variant: str, root: Path) -> dict:
@@ -123,7 +114,7 @@ def run_once(widths: list[int], batch: int, steps: int, variant: str, root: Path
         rec.close()
         stats = rec.stats
     seconds = time.perf_counter() - t0
-    files, size = _disk(out)
+    files, size = disk_usage(out)
     result = {"seconds": seconds, "files": files, "bytes": size}
     if stats is not None:
         result["blocked_s_per_capture"] = stats["blocked_s_per_capture"]

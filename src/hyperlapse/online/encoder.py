@@ -137,7 +137,7 @@ class OnlineEncoder:
         self.widths = widths
         self.seed = seed
         self._topology = mlp_topology(widths)
-        num_identities = widths[0] + widths[-1] + max(len(widths) - 2, 0)
+        num_identities = self._topology["num_identities"]
         if encoder is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

@@ -12,11 +12,11 @@ from ..errors import EmptyStoreError
 from . import format as fmt
 from .reader import open_trajectory
 
-__all__ = ["store_info", "format_info"]
+__all__ = ["store_info", "format_info", "disk_usage"]
 
 
-def _local_files(location: str | os.PathLike, prefix: str = "") -> tuple[int, int]:
-    """(files, bytes) under a local store (or one of its sub-folders)."""
+def disk_usage(location: str | os.PathLike, prefix: str = "") -> tuple[int, int]:
+    """(files, bytes) under a local folder: a store, one of its sub-folders, or any directory."""
     root = fmt.local_path(location) / prefix
     files = size = 0
     for dirpath, _, names in os.walk(root):
@@ -48,7 +48,7 @@ def store_info(location: str | os.PathLike) -> dict[str, Any]:
         numel = math.prod(p["shape"])
         itemsize = np.dtype(view.dtype).itemsize
         stored = (
-            _local_files(location, f"{fmt.PARAMS}/{p['name']}")[1]
+            disk_usage(location, f"{fmt.PARAMS}/{p['name']}")[1]
             if local
             else int(view.zarr.nbytes_stored())
         )
@@ -65,7 +65,7 @@ def store_info(location: str | os.PathLike) -> dict[str, Any]:
     raw = sum(p["raw_bytes"] for p in params)
     stored = sum(p["stored_bytes"] for p in params)
     float32_raw = sum(p["numel"] * 4 * n for p in params)
-    files, total = _local_files(location) if local else (None, None)
+    files, total = disk_usage(location) if local else (None, None)
     arch = attrs.get("architecture")
     return {
         "path": traj.location,

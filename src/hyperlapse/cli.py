@@ -72,11 +72,26 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--geometry-every", type=int, default=None, help="input-space geometry every "
                    "N snapshots, 0 = off (default: 1 for <= 64 inputs, else 10)")
     p.add_argument("--no-plots", action="store_true", help="only reports.jsonl (no PNG/HTML)")
-    p.add_argument("--quiet", action="store_true", help="no line per snapshot")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no line per snapshot")
+    p.add_argument(
+        "--threads", type=int, default=1, metavar="N",
+        help="torch threads for the encoder (default: %(default)s; on a 2-core machine that also "
+        "trains, torch's default made the analysis 8-30x slower than 1 thread)",
+    )
+    p.add_argument(
+        "--stride", type=int, default=1, metavar="N",
+        help="analyse every N-th snapshot, to go faster through long runs (default: every one; "
+        "analyze always keeps the last)",
+    )
+    p.add_argument(
+        "--probes", default=None, metavar="FILE",
+        help="probe inputs for the input-space geometry: a .npy or .pt array [B, inputs], e.g. "
+        "held-out training data (default: Gaussian noise, or a grid for 2-D inputs)",
+    )
 
 
 def _online_kwargs(args: argparse.Namespace) -> dict:
-    out = {}
+    out = {"threads": args.threads, "stride": args.stride, "probes": args.probes}
     if args.refine_steps is not None:
         out["refine_steps"] = args.refine_steps
     if args.geometry_every is not None:
@@ -91,9 +106,15 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         description="Encode every committed snapshot of a trajectory store in hyperbolic space "
         "and write OUT/reports.jsonl (one report per snapshot), OUT/embeddings.zarr (T, N, d) "
         "with the node table, PNG plots and a self-contained OUT/report.html. Deterministic "
-        "for a fixed --seed.",
+        "for a fixed --seed. Ctrl-C stops early and still writes the page for the snapshots "
+        "done. Example: hyperlapse analyze runs/mlp.zarr --out report --stride 5",
     )
     _add_report_options(p)
+    p.add_argument(
+        "--steps", default=None, metavar="A:B",
+        help="only snapshots whose optimizer step lies in A..B inclusive (either side may be "
+        "empty: '1000:' or ':500')",
+    )
     p.add_argument("--no-embeddings", action="store_true", help="do not write embeddings.zarr")
     p.set_defaults(func=_cmd_analyze)
 
@@ -103,14 +124,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     res = analyze_store(
         args.store, args.out, seed=args.seed, encoder=args.encoder, quiet=args.quiet,
-        plots=not args.no_plots, embeddings=not args.no_embeddings, **_online_kwargs(args),
+        plots=not args.no_plots, embeddings=not args.no_embeddings, steps=args.steps,
+        **_online_kwargs(args),
     )
-    print(f"{res['snapshots']} snapshots -> {res['reports']}")
+    how = f" (interrupted, of {res['selected']})" if res["interrupted"] else ""
+    print(f"{res['snapshots']} snapshots{how} -> {res['reports']}")
     if res["embeddings"]:
         print(f"embeddings   {res['embeddings']}")
     if res["html"]:
         print(f"report       {res['html']}")
-    return 0
+    return 130 if res["interrupted"] else 0
 
 
 def _add_watch(sub: argparse._SubParsersAction) -> None:
@@ -118,13 +141,15 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
         "watch",
         help="follow a store that is being recorded and report on it live",
         description="Follow a trajectory store while a recorder writes it: each snapshot is "
-        "encoded and reported as soon as it is committed. Exits when the recorder closes the "
-        "store (or on Ctrl-C, after writing the page).",
+        "encoded and reported as soon as it is committed. If the store does not exist yet, "
+        "waits for it (up to --timeout). Exits when the recorder closes the store (or on "
+        "Ctrl-C, after writing the page). The progress bar shows the lag behind the writer.",
     )
     _add_report_options(p)
     p.add_argument("--poll", type=float, default=1.0, help="seconds between checks (default: 1)")
     p.add_argument("--timeout", type=float, default=None,
-                   help="give up after this many seconds if the store is not closed")
+                   help="give up after this many seconds if the store has not appeared or "
+                   "is not closed (default: wait until Ctrl-C)")
     p.set_defaults(func=_cmd_watch)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from hyperlapse import TrajectoryRecorder
 from hyperlapse.cli import main
-from hyperlapse.errors import HyperlapseWarning
+from hyperlapse.errors import ConfigError, EmptyStoreError, HyperlapseWarning, NotAStoreError
 from hyperlapse.online import analyze as analyze_mod
 from hyperlapse.online.analyze import analyze_store, read_embeddings, watch_store
 from hyperlapse.report.jsonl import read_reports
@@ -152,3 +152,133 @@ def test_watch_stops_cleanly_on_ctrl_c(store, tmp_path, monkeypatch):
     res = watch_store(store, tmp_path / "w", quiet=True, plots=False, **FAST)
     assert res["interrupted"] and res["snapshots"] == 5
     assert len(read_reports(res["reports"])) == 5
+
+
+def test_analyze_stride_and_step_range_select_snapshots(store, tmp_path):
+    # store steps: 0, 5, 10, 15, 20
+    res = analyze_store(store, tmp_path / "s", quiet=True, plots=False, d=3, stride=2,
+                        steps="5:", **FAST)
+    reports = read_reports(res["reports"])
+    assert [r["step"] for r in reports] == [5, 15, 20]  # every 2nd from step 5, plus the last
+    assert [r.get("source_index", r["index"]) for r in reports] == [1, 3, 4]
+    emb = read_embeddings(res["embeddings"])
+    assert emb["step"].tolist() == [5, 15, 20] and emb["z"].shape[0] == 3
+    with pytest.raises(EmptyStoreError, match="Widen --steps"):
+        analyze_store(store, tmp_path / "e", quiet=True, plots=False, steps="100:", **FAST)
+    for bad in ("5", "a:b", "9:3", "1:2:3"):
+        with pytest.raises(ConfigError, match="step range"):
+            analyze_store(store, tmp_path / "e", quiet=True, steps=bad, **FAST)
+    with pytest.raises(ConfigError, match="stride"):
+        analyze_store(store, tmp_path / "e", quiet=True, stride=0, **FAST)
+
+
+def test_analyze_threads_are_set_and_restored(store, tmp_path, monkeypatch):
+    seen = []
+    real = analyze_mod.ReportSession.process
+
+    def process(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(analyze_mod.ReportSession, "process", process)
+    before = torch.get_num_threads()
+    analyze_store(store, tmp_path / "t", quiet=True, plots=False, embeddings=False, d=3,
+                  threads=1, **FAST)
+    assert set(seen) == {1} and torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="threads"):
+        analyze_store(store, tmp_path / "t", quiet=True, threads=0, **FAST)
+
+
+def test_ctrl_c_during_analyze_writes_the_page_for_the_snapshots_done(store, tmp_path,
+                                                                       monkeypatch, capsys):
+    real = analyze_mod.ReportSession.process
+    calls = []
+
+    def process(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(analyze_mod.ReportSession, "process", process)
+    res = analyze_store(store, tmp_path / "i", quiet=True, d=3, **FAST)
+    assert res["interrupted"] and res["snapshots"] == 2 and res["selected"] == 5
+    assert len(read_reports(res["reports"])) == 2
+    emb = read_embeddings(res["embeddings"])
+    assert emb["z"].shape[0] == 2 and emb["step"].tolist() == [0, 5]
+    html = (tmp_path / "i" / "report.html").read_text()
+    assert "interrupted" in html and "after 2 of 5" in html
+    calls.clear()
+    code = main(["analyze", str(store), "--out", str(tmp_path / "j"), "--quiet",
+                 "--refine-steps", "2", "--geometry-every", "3"])
+    assert code == 130 and "interrupted" in capsys.readouterr().out
+
+
+def test_watch_waits_for_a_store_that_appears_later(tmp_path):
+    path = tmp_path / "late.zarr"
+
+    def writer():
+        import time
+
+        time.sleep(0.6)
+        _record(path, steps=10, every=5)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        res = watch_store(path, tmp_path / "w", quiet=True, plots=False, poll_s=0.05,
+                          timeout_s=120, d=3, **FAST)
+    finally:
+        thread.join()
+    assert res["closed"] and not res["timed_out"]
+    assert [r["step"] for r in read_reports(res["reports"])] == [0, 5, 10]
+
+
+def test_watch_gives_up_on_a_store_that_never_appears(tmp_path, capsys):
+    with pytest.raises(NotAStoreError, match="none appeared"):
+        watch_store(tmp_path / "never.zarr", tmp_path / "w", quiet=True, poll_s=0.02,
+                    timeout_s=0.1)
+    assert main(["watch", str(tmp_path / "never.zarr"), "--out", str(tmp_path / "w"),
+                 "--timeout", "0.1", "--poll", "0.02"]) == 1
+    assert "raise --timeout" in capsys.readouterr().err
+
+
+def test_probe_file_is_used_and_named_in_the_page(store, tmp_path):
+    import numpy as np
+
+    probes = torch.randn(16, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    np.save(tmp_path / "p.npy", probes.numpy())
+    kw = dict(quiet=True, d=3, refine_steps=2, geometry_every=1)
+    a = analyze_store(store, tmp_path / "a", embeddings=False, probes=tmp_path / "p.npy", **kw)
+    b = analyze_store(store, tmp_path / "b", embeddings=False, plots=False, probes=probes, **kw)
+    c = analyze_store(store, tmp_path / "c", embeddings=False, plots=False, **kw)
+
+    def geometry(res):
+        return [r.get("geometry") for r in read_reports(res["reports"])]
+
+    assert geometry(a) == geometry(b) and geometry(a) != geometry(c)
+    assert "16 inputs from" in (tmp_path / "a" / "report.html").read_text()
+    np.save(tmp_path / "bad.npy", np.zeros((4, 5)))
+    with pytest.raises(ConfigError, match=r"shape \[B, 3\]"):
+        analyze_store(store, tmp_path / "d", probes=tmp_path / "bad.npy", **kw)
+    with pytest.raises(ConfigError, match="does not exist"):
+        analyze_store(store, tmp_path / "d", probes=tmp_path / "none.npy", **kw)
+
+
+def test_embeddings_open_in_xarray(store, tmp_path):
+    xr = pytest.importorskip("xarray")
+    res = analyze_store(store, tmp_path / "x", quiet=True, plots=False, d=3, **FAST)
+    ds = xr.open_zarr(res["embeddings"], consolidated=False)
+    assert dict(ds["z"].sizes) == {"snapshot": 5, "node": 11, "dim": 3}
+    assert ds["step"].values.tolist() == [0, 5, 10, 15, 20]
+    assert ds["node_layer"].dims == ("node",)
+
+
+def test_non_mlp_error_gives_advice_a_cli_user_can_follow(tmp_path, capsys):
+    model = nn.Sequential(nn.Conv1d(1, 2, 3))
+    with pytest.warns(HyperlapseWarning):
+        with TrajectoryRecorder(tmp_path / "conv.zarr", model, every=1) as rec:
+            rec.capture()
+    assert main(["analyze", str(tmp_path / "conv.zarr"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "hyperlapse info" in err and "describe_mlp(model)" not in err

@@ -56,6 +56,29 @@ def check_config(
     return make_schedule(every, schedule)
 
 
+def resolve_alias(every: Any, alias_name: str, alias: Any) -> Any:
+    """``every`` given under a trainer's own name (e.g. Lightning's ``every_n_train_steps``).
+
+    Raises:
+        ConfigError: both names are given with different values.
+    """
+    if alias is None:
+        return every
+    if every is not None and every != alias:
+        raise ConfigError(
+            f"Expected one capture interval, but got every={every!r} and "
+            f"{alias_name}={alias!r}. Pass only one of them (they mean the same)."
+        )
+    return alias
+
+
+#: Run summaries that transformers logs once at the end of training: not per-snapshot scalars.
+RUN_SUMMARIES = frozenset(
+    {"total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second",
+     "train_loss"}
+)
+
+
 def start_at(recorder: TrajectoryRecorder, step: int) -> None:
     """Align a new recorder with a trainer that starts (or resumes) at optimizer step ``step``.
 

@@ -25,7 +25,7 @@ from typing import Any
 from hyperlapse.errors import ConfigError, HyperlapseWarning, MissingDependencyError, WriterError
 from hyperlapse.record.recorder import TrajectoryRecorder
 
-from ._sync import advance_to, check_config, scalars, start_at
+from ._sync import advance_to, check_config, resolve_alias, scalars, start_at
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -50,6 +50,7 @@ class HyperlapseCallback(Callback):
     Args:
         path: store path (``*.zarr``) or URL; an existing store of the same model is continued.
         every: capture every ``every`` optimizer steps (``trainer.global_step``).
+        every_n_train_steps: the same, under the name Lightning's ``ModelCheckpoint`` uses.
         schedule: instead of ``every``: ``"log"`` or ``callable(step) -> bool``.
         dtype: stored dtype ("float32", "float16", "bfloat16").
         module: attribute path of the submodule to record (e.g. ``"net"``); default: the whole
@@ -78,8 +79,10 @@ class HyperlapseCallback(Callback):
         dtype: str = "float32",
         module: str | None = None,
         log_metrics: bool = True,
+        every_n_train_steps: int | None = None,
         **options: Any,
     ) -> None:
+        every = resolve_alias(every, "every_n_train_steps", every_n_train_steps)
         self._schedule = check_config(path, every, schedule, dtype, options)
         if module is not None and not isinstance(module, str):
             raise ConfigError(

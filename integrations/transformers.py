@@ -17,13 +17,15 @@ snapshots. Install with ``pip install "hyperlapse[transformers]"``.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 from hyperlapse.errors import ConfigError, MissingDependencyError
 from hyperlapse.record.recorder import TrajectoryRecorder
+from hyperlapse.record.schedule import make_schedule
 
-from ._sync import advance_to, check_config, scalars, start_at
+from ._sync import RUN_SUMMARIES, advance_to, check_config, scalars, start_at
 
 try:
     from transformers import TrainerCallback
@@ -35,16 +37,36 @@ except ImportError as exc:
 
 __all__ = ["HyperlapseCallback"]
 
+_INTERVAL_FIELDS = ("logging_steps", "save_steps", "eval_steps")
+
+
+def _interval_from_args(args: Any, field: str, total_steps: int) -> Any:
+    value = getattr(args, field, None)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(
+            f"HyperlapseCallback(every={field!r}) takes its interval from "
+            f"TrainingArguments.{field}, but that is {value!r}. Set {field} to a number of "
+            f"steps, or pass every=N."
+        )
+    if 0 < value < 1:  # a ratio of the total number of steps, as transformers allows
+        value = max(1, math.ceil(value * max(total_steps, 1)))
+    return make_schedule(int(value), None)
+
 
 class HyperlapseCallback(TrainerCallback):
     """Record the trained model's parameters into a hyperlapse trajectory store.
 
     Args:
         path: store path (``*.zarr``) or URL.
-        every: capture every ``every`` optimizer steps (``state.global_step``).
+        every: capture every ``every`` optimizer steps (``state.global_step``), or
+            ``"logging_steps"`` / ``"save_steps"`` / ``"eval_steps"``: the interval of that
+            ``TrainingArguments`` field, read when training begins (a snapshot beside each log
+            line or checkpoint).
         schedule: instead of ``every``: ``"log"`` or ``callable(step) -> bool``.
         dtype: stored dtype ("float32", "float16", "bfloat16").
-        log_metrics: store the scalars the trainer logs (``on_log``) with the snapshots.
+        log_metrics: store the scalars the trainer logs (``on_log``) with the snapshots; the
+            end-of-training run summaries (``train_runtime``, ``total_flos``, ...) are not
+            per-snapshot values and are left out.
         **options: passed to :class:`hyperlapse.TrajectoryRecorder`.
 
     Raises:
@@ -67,7 +89,15 @@ class HyperlapseCallback(TrainerCallback):
         log_metrics: bool = True,
         **options: Any,
     ) -> None:
-        self._schedule = check_config(path, every, schedule, dtype, options)
+        self._every_field = every if isinstance(every, str) else None
+        if self._every_field is not None and self._every_field not in _INTERVAL_FIELDS:
+            raise ConfigError(
+                f"Expected every to be a number of steps or one of {list(_INTERVAL_FIELDS)} "
+                f"(a TrainingArguments field), but got {every!r}."
+            )
+        self._schedule = check_config(
+            path, 1 if self._every_field else every, schedule, dtype, options
+        )
         self.path = os.fspath(path)
         self.dtype = dtype
         self.log_metrics = bool(log_metrics)
@@ -87,6 +117,10 @@ class HyperlapseCallback(TrainerCallback):
             )
         if not state.is_world_process_zero or model is None:
             return
+        if self._every_field is not None:
+            self._schedule = _interval_from_args(
+                args, self._every_field, int(getattr(state, "max_steps", 0) or 0)
+            )
         recorder = TrajectoryRecorder(
             self.path, model, schedule=self._schedule, dtype=self.dtype, **self.options
         )
@@ -103,7 +137,9 @@ class HyperlapseCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if self.recorder is not None and self.log_metrics and logs:
-            self.recorder.log(**scalars(logs))
+            self.recorder.log(
+                **{k: v for k, v in scalars(logs).items() if k not in RUN_SUMMARIES}
+            )
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         recorder, self.recorder = self.recorder, None

@@ -129,3 +129,22 @@ def test_sharded_training_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="shard the parameters"):
         callback.on_train_begin(SimpleNamespace(fsdp="full_shard"), state, None, model=TinyMLP())
     assert not (tmp_path / "run.zarr").exists()
+
+
+def test_every_logging_steps_follows_the_training_arguments(tmp_path):
+    path = tmp_path / "run.zarr"
+    trainer = _trainer(
+        tmp_path, TinyMLP(), HyperlapseCallback(path, every="logging_steps"), max_steps=6,
+        logging_steps=3,
+    )
+    trainer.train()
+    traj = hyperlapse.open_trajectory(path)
+    assert traj.steps.tolist() == [0, 3, 6]
+    # the end-of-training summary is not a per-snapshot metric
+    assert not set(traj.metrics) & {"train_runtime", "total_flos", "train_samples_per_second"}
+    assert np.isfinite(traj.metrics["loss"][1:]).all()
+
+
+def test_every_names_a_training_arguments_field(tmp_path):
+    with pytest.raises(ConfigError, match="logging_steps"):
+        HyperlapseCallback(tmp_path / "run.zarr", every="logging")

@@ -22,3 +22,17 @@ def test_online_scaling_quick(tmp_path, capsys):
     assert res["training_slowdown"]["with_live_report"]["dropped"] == 0
     assert res["training_slowdown"]["with_live_report"]["reported"] == 3  # steps 0, 10, 20
     assert res["machine"]["cpu_count"] >= 1
+
+
+def test_analysis_threads_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "analysis_threads", SCRIPT.parent / "analysis_threads.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    res = module.main(["--quick", "--out", str(tmp_path / "t.json")])
+    assert (tmp_path / "t.json").exists()
+    for label in ("1", "default"):
+        s = res["seconds_per_snapshot"][label]
+        assert 0 < s["min"] <= s["median"] <= s["max"]
+    assert res["default_over_one_thread"] > 0

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["seconds_per_snapshot"], indent=1), "ratio", out["default_over_one_thread"])
+    print(json.dumps(out["seconds_per_snapshot"], indent=1))
+    print("default / 1 thread:", round(out["default_over_one_thread"], 2))
     return out
 
 

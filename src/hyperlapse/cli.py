@@ -169,6 +169,47 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 130 if res["interrupted"] else 0
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="analyse many stores (a sweep), one task per store, and gather a summary table",
+        description="Run `analyze` on every store, each into OUT/<store name>/, as one task per "
+        "store: in this process, on a local dask.distributed cluster (--scheduler local), or on "
+        "a running dask scheduler (--scheduler tcp://host:8786). Writes OUT/sweep.csv and "
+        "OUT/sweep.json: per run the final hyperbolic radius and mean drift per layer, the mean "
+        "prediction scores, and the seconds it took. A store that fails gives a row with its "
+        "error; the others go on. Example: hyperlapse sweep runs/*.zarr --out sweep "
+        "--scheduler local",
+    )
+    p.add_argument("stores", nargs="+", help="trajectory stores (paths or URLs)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="'local' or a dask scheduler address (default: run in this process)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes of --scheduler local (default: CPU count)")
+    p.add_argument("--stride", type=int, default=1, metavar="N", help="every N-th snapshot")
+    p.add_argument("--seed", type=int, default=0, help="seed of the encoder (default: 0)")
+    p.add_argument("--plots", action="store_true", help="also draw each run's plots and page")
+    p.add_argument("--quiet", action="store_true", help="no line per finished store")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .online.sweep import analyze_sweep
+
+    res = analyze_sweep(
+        args.stores, args.out, scheduler=args.scheduler, workers=args.workers,
+        quiet=args.quiet, stride=args.stride, seed=args.seed, plots=args.plots,
+        embeddings=False,
+    )
+    failed = [r for r in res["rows"] if r.get("error")]
+    print(f"{len(res['rows'])} runs ({res['scheduler']}, {res['seconds_per_store']:.1f} s per "
+          f"store) -> {res['csv']}")
+    for row in failed:
+        print(f"failed: {row['store']}: {row['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperlapse",
@@ -183,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_ADDERS = [_add_demo, _add_info, _add_analyze, _add_watch]
+_ADDERS = [_add_demo, _add_info, _add_analyze, _add_watch, _add_sweep]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

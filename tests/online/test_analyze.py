@@ -282,3 +282,55 @@ def test_non_mlp_error_gives_advice_a_cli_user_can_follow(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "conv.zarr"), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "hyperlapse info" in err and "describe_mlp(model)" not in err
+
+
+def _sweep_stores(tmp_path):
+    a, b = tmp_path / "a.zarr", tmp_path / "sub" / "a.zarr"
+    _record(a, steps=10, every=5)
+    _record(b, steps=15, every=5, widths=(2, 5, 2))
+    return [a, b, tmp_path / "missing.zarr"]
+
+
+def test_sweep_in_process_gathers_one_row_per_store(tmp_path, capsys):
+    from hyperlapse.online.sweep import analyze_sweep
+
+    stores = _sweep_stores(tmp_path)
+    res = analyze_sweep(stores, tmp_path / "out", quiet=True, plots=False, embeddings=False,
+                        d=3, **FAST)
+    rows = res["rows"]
+    assert [r["store"] for r in rows] == [str(s) for s in stores]
+    assert rows[0]["error"] is None and rows[0]["snapshots"] == 3 and rows[1]["snapshots"] == 4
+    assert "NotAStoreError" in rows[2]["error"]
+    # the row is the run's own last report, not something recomputed
+    last = read_reports(tmp_path / "out" / "a-1" / "reports.jsonl")[-1]
+    assert rows[1]["final_radius_l1"] == last["layers"][1]["radius_mean"]
+    assert rows[1]["last_step"] == 15
+    assert (tmp_path / "out" / "sweep.csv").read_text().count("\n") == 4
+    code = main(["sweep", *map(str, stores[:2]), "--out", str(tmp_path / "cli"), "--quiet"])
+    assert code == 0 and "2 runs" in capsys.readouterr().out
+    assert main(["sweep", str(stores[2]), "--out", str(tmp_path / "cli2"), "--quiet"]) == 1
+
+
+@pytest.mark.slow
+def test_sweep_on_a_local_dask_cluster_matches_in_process(tmp_path):
+    pytest.importorskip("distributed")
+    from hyperlapse.online.sweep import analyze_sweep
+
+    stores = _sweep_stores(tmp_path)[:2]
+    kw = dict(quiet=True, plots=False, embeddings=False, d=3, **FAST)
+    here = analyze_sweep(stores, tmp_path / "here", **kw)
+    there = analyze_sweep(stores, tmp_path / "there", scheduler="local", workers=2, **kw)
+    assert there["scheduler"].startswith("LocalCluster")
+    assert {r["worker_pid"] for r in there["rows"]}.isdisjoint({r["worker_pid"]
+                                                                for r in here["rows"]})
+    drop = {"out", "seconds", "worker_pid"}
+    for a, b in zip(here["rows"], there["rows"], strict=True):
+        a = {k: v for k, v in a.items() if k not in drop}
+        b = {k: v for k, v in b.items() if k not in drop}
+        # float32 kernels may differ in the last bit with memory layout: tolerance, not equality
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], float):
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
+            else:
+                assert a[k] == b[k], k

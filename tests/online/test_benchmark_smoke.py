@@ -36,3 +36,15 @@ def test_analysis_threads_quick(tmp_path):
         s = res["seconds_per_snapshot"][label]
         assert 0 < s["min"] <= s["median"] <= s["max"]
     assert res["default_over_one_thread"] > 0
+
+
+@pytest.mark.slow
+def test_sweep_cost_quick(tmp_path):
+    pytest.importorskip("distributed")
+    spec = importlib.util.spec_from_file_location("sweep_cost", SCRIPT.parent / "sweep_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    res = module.main(["--quick", "--out", str(tmp_path / "s.json")])
+    for label in ("in-process", "local-cluster"):
+        s = res["seconds_per_store"][label]
+        assert 0 < s["min"] <= s["median"] <= s["max"]

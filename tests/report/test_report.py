@@ -194,3 +194,40 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # something was drawn: many distinct colours (text, plots), not a blank page
     flat = (img[..., :3] * 255).astype("uint8").reshape(-1, 3)
     assert len({tuple(c) for c in flat[::97]}) > 50
+
+
+def test_every_figure_of_the_page_is_drawn(tmp_path):
+    """A figure that is missing or holds no data (only grey axes and text) fails."""
+    import base64
+    import io
+    import re
+
+    from matplotlib.image import imread
+
+    html = _page(tmp_path).read_text()
+    pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    assert len(pngs) == 5
+    for data in pngs:
+        img = imread(io.BytesIO(base64.b64decode(data)), format="png")[..., :3]
+        # data is drawn in colour; frames, ticks and text are grey or black
+        coloured = int(((img.max(-1) - img.min(-1)) > 0.2).sum())
+        assert coloured > 200, (img.shape, coloured)
+
+
+def test_wide_input_layers_are_left_out_of_the_disk_and_layer_plots(tmp_path):
+    from hyperlapse.report.plots import disk_nodes
+
+    node_layer = torch.tensor([0] * 100 + [1] * 6 + [2] * 2)
+    assert disk_nodes(node_layer).tolist() == [False] * 100 + [True] * 8
+    assert disk_nodes(node_layer, None).all()
+    z = 0.4 * torch.rand(108, 3, generator=torch.Generator().manual_seed(0))
+    # a hub among the input neurons is not drawn either; no error
+    plot_disk({0: z, 5: z}, node_layer, tmp_path / "disk.png", hubs={0: [3, 101]})
+    reports = [fake_report(t, 10 * t) for t in range(3)]
+    for r in reports:
+        r["layers"][0]["width"] = 100
+    plot_radius(reports, tmp_path / "radius.png")
+    from hyperlapse.report.plots import _shown_layers
+
+    assert _shown_layers(reports, 64) == ([1, 2], " (100 input neurons not drawn)")
+    assert _shown_layers(reports, None)[0] == [0, 1, 2]

@@ -22,9 +22,15 @@ __all__ = [
     "plot_disk",
     "plot_volume_maps",
     "project_to_disk",
+    "disk_nodes",
+    "MAX_INPUTS_DRAWN",
 ]
 
 _DPI = 100
+
+#: Input layers wider than this are left out of the disk figure and the radius/drift plots:
+#: hundreds of input neurons (a 784-pixel input) would hide the hidden structure.
+MAX_INPUTS_DRAWN = 64
 
 
 def _figure(width: float = 7.0, height: float = 3.6):
@@ -63,37 +69,68 @@ def _layer_label(layer: Mapping[str, Any]) -> str:
     return f"layer {layer['layer']} ({layer['type']}, {layer['width']})"
 
 
-def plot_radius(reports: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Mean hyperbolic radius per layer over optimizer steps (band: +- one std)."""
+def _shown_layers(
+    reports: Sequence[Mapping[str, Any]], max_inputs: int | None
+) -> tuple[list[int], str]:
+    """Layers to draw (the input layer only if at most ``max_inputs`` wide) and a note."""
+    layers = reports[0]["layers"]
+    shown = list(range(len(layers)))
+    if max_inputs is not None and layers and layers[0]["type"] == "input" and \
+            layers[0]["width"] > max_inputs:
+        return shown[1:], f" ({layers[0]['width']} input neurons not drawn)"
+    return shown, ""
+
+
+def _legend_outside(ax, count: int) -> None:
+    if count > 4:  # many layers: a column beside the plot instead of over the lines
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    else:
+        ax.legend(fontsize=8)
+
+
+def plot_radius(
+    reports: Sequence[Mapping[str, Any]], path: str | Path, *,
+    max_inputs: int | None = MAX_INPUTS_DRAWN,
+) -> Path:
+    """Mean hyperbolic radius per layer over optimizer steps (band: +- one std, drawn for up to
+    four layers; with more the bands would hide each other)."""
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    for l, layer in enumerate(reports[0]["layers"]):
+    shown, note = _shown_layers(reports, max_inputs)
+    for l in shown:
+        layer = reports[0]["layers"][l]
         xs, mean = _series(reports, lambda r, l=l: r["layers"][l]["radius_mean"])
         _, std = _series(reports, lambda r, l=l: r["layers"][l]["radius_std"])
         ax.plot(xs, mean, marker="." if len(xs) < 30 else None, label=_layer_label(layer))
-        lo = [m - s for m, s in zip(mean, std, strict=True)]
-        hi = [m + s for m, s in zip(mean, std, strict=True)]
-        ax.fill_between(xs, lo, hi, alpha=0.15)
+        if len(shown) <= 4:
+            lo = [m - s for m, s in zip(mean, std, strict=True)]
+            hi = [m + s for m, s in zip(mean, std, strict=True)]
+            ax.fill_between(xs, lo, hi, alpha=0.15)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("hyperbolic radius d(0, z)")
-    ax.set_title("Radius per layer (small = central in the hierarchy)")
-    ax.legend(fontsize=8)
+    ax.set_title("Radius per layer (small = central in the hierarchy)" + note, fontsize=10)
+    _legend_outside(ax, len(shown))
     return _save(fig, path)
 
 
-def plot_drift(reports: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+def plot_drift(
+    reports: Sequence[Mapping[str, Any]], path: str | Path, *,
+    max_inputs: int | None = MAX_INPUTS_DRAWN,
+) -> Path:
     """Mean drift ``d(z_t, z_{t-1})`` per layer over optimizer steps (log scale)."""
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    for l, layer in enumerate(reports[0]["layers"]):
+    shown, note = _shown_layers(reports, max_inputs)
+    for l in shown:
+        layer = reports[0]["layers"][l]
         xs, ys = _series(reports, lambda r, l=l: r["layers"][l]["drift_mean"])
         ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=_layer_label(layer))
     if any(y > 0 for line in ax.get_lines() for y in line.get_ydata()):
         ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("mean drift d(z_t, z_{t-1})")
-    ax.set_title("How far neurons moved since the previous snapshot")
-    ax.legend(fontsize=8)
+    ax.set_title("How far neurons moved since the previous snapshot" + note, fontsize=10)
+    _legend_outside(ax, len(shown))
     return _save(fig, path)
 
 
@@ -156,6 +193,7 @@ def plot_disk(
     *,
     c: float = 1.0,
     hubs: Mapping[int, Sequence[int]] | None = None,
+    max_inputs: int | None = MAX_INPUTS_DRAWN,
 ) -> Path:
     """The Poincare disk with neurons coloured by layer, one panel per chosen snapshot.
 
@@ -164,29 +202,38 @@ def plot_disk(
             panels share the principal directions of the last snapshot.
         node_layer: ``[N]`` layer of each node.
         hubs: optional ``{step: node ids}`` drawn with a black ring.
+        max_inputs: an input layer wider than this is not drawn (nor used for the projection),
+            so the hidden structure stays visible; None draws every neuron.
     """
     steps = list(snapshots)
-    fig = _figure(3.4 * len(steps), 3.6)
+    keep = disk_nodes(node_layer, max_inputs)
+    idx = keep.nonzero().flatten()
+    fig = _figure(max(4.2 * len(steps), 5.0), 4.8)
     basis = None
     if steps:
-        _, basis = project_to_disk(snapshots[steps[-1]], c)
-    layers = node_layer.tolist()
-    num_layers = max(layers) + 1
+        _, basis = project_to_disk(snapshots[steps[-1]][idx], c)
+    all_layers = node_layer.tolist()
+    num_layers = max(all_layers) + 1
+    layers = [all_layers[i] for i in idx.tolist()]
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
     colours = [cmap(layer / max(num_layers - 1, 1)) for layer in layers]
+    size = 14 if len(layers) <= 200 else 6
     for i, step in enumerate(steps):
         ax = fig.add_subplot(1, len(steps), i + 1)
-        p, _ = project_to_disk(snapshots[step], c, basis)
+        p, _ = project_to_disk(snapshots[step][idx], c, basis)
         radius = 1 / c**0.5
         from matplotlib.patches import Circle
 
         ax.add_patch(Circle((0, 0), radius, fill=False, color="grey", lw=0.8))
-        ax.scatter(p[:, 0], p[:, 1], s=6, c=colours, linewidths=0)
+        ax.scatter(p[:, 0], p[:, 1], s=size, c=colours, linewidths=0)
         if hubs and step in hubs and len(hubs[step]):
-            h = p[list(hubs[step])]
-            ax.scatter(h[:, 0], h[:, 1], s=30, facecolors="none", edgecolors="black", lw=0.8)
+            where = {int(n): j for j, n in enumerate(idx.tolist())}
+            h = [where[int(n)] for n in hubs[step] if int(n) in where]
+            if h:
+                ax.scatter(p[h, 0], p[h, 1], s=3 * size, facecolors="none",
+                           edgecolors="black", lw=0.8)
         ax.set_xlim(-radius * 1.02, radius * 1.02)
         ax.set_ylim(-radius * 1.02, radius * 1.02)
         ax.set_aspect("equal")
@@ -195,17 +242,40 @@ def plot_disk(
         ax.set_title(f"step {step}", fontsize=9)
     from matplotlib.lines import Line2D
 
+    counts = [all_layers.count(layer) for layer in range(num_layers)]
     handles = [
         Line2D([], [], ls="", marker="o", color=cmap(layer / max(num_layers - 1, 1)),
-               label=f"layer {layer}")
+               label=_disk_label(layer, num_layers, counts[layer])
+               + ("" if layer in layers else ", not drawn"))
         for layer in range(num_layers)
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=min(num_layers, 6), fontsize=8)
-    fig.subplots_adjust(bottom=0.15)
+    fig.legend(handles=handles, loc="lower center", ncol=min(num_layers, 4), fontsize=8)
+    rows = (num_layers - 1) // 4 + 1
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.04 + 0.05 * rows, top=0.93, wspace=0.05)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def disk_nodes(node_layer: Tensor, max_inputs: int | None = MAX_INPUTS_DRAWN) -> Tensor:
+    """Boolean mask ``[N]`` of the nodes the disk figure draws: all but a wide input layer.
+
+    Example:
+        >>> disk_nodes(torch.tensor([0] * 100 + [1] * 8 + [2] * 2)).sum().item()
+        10
+        >>> disk_nodes(torch.tensor([0] * 3 + [1] * 8 + [2] * 2)).sum().item()
+        13
+    """
+    keep = torch.ones(node_layer.shape[0], dtype=torch.bool)
+    if max_inputs is not None and int((node_layer == 0).sum()) > max_inputs:
+        keep &= node_layer != 0
+    return keep
+
+
+def _disk_label(layer: int, num_layers: int, count: int) -> str:
+    kind = "input" if layer == 0 else "output" if layer == num_layers - 1 else f"hidden {layer}"
+    return f"{kind} ({count})"
 
 
 def plot_volume_maps(
@@ -243,5 +313,7 @@ def plot_volume_maps(
         if points is not None:
             ax.scatter(points[:, 0], points[:, 1], s=3, c=labels, cmap="coolwarm", alpha=0.5)
         ax.set_title(panel["title"], fontsize=9)
+        ax.set_xlabel("input x1")
+        ax.set_ylabel("input x2")
         ax.set_aspect("equal")
     return _save(fig, path)

@@ -3,16 +3,12 @@ bit-exactly, and the writer refuses to append to one instead of mixing formats."
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from torch import nn
 
-from hyperlapse import TrajectoryRecorder, open_trajectory
-from hyperlapse.errors import IncompatibleStoreError
+from hyperlapse import open_trajectory
 
 DATA = Path(__file__).parent.parent / "data"
 STORE = DATA / "v1_mlp.zarr"

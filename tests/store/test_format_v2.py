@@ -244,3 +244,18 @@ def test_recording_cost_in_attrs_and_info(tmp_path, capsys) -> None:
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "recording" in out and "blocked_s 12.3 ms" in out and "4.0 KB" in out
+
+
+def test_documented_xarray_example_runs(tmp_path, monkeypatch) -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "store-format.md").read_text()
+    section = doc.split("### Dimension names (xarray)", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    _record("runs/mlp.zarr")
+    scope: dict = {}
+    exec(compile(code, "store-format.md", "exec"), scope)  # noqa: S102 - the documented example
+    assert scope["w"].dims == ("step", "0_out", "0_in")
+    assert scope["w"]["step"].values.tolist() == [0, 10, 20, 30, 40, 50, 60]
+    assert scope["loss"].shape == (7,)

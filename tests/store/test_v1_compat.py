@@ -3,12 +3,16 @@ bit-exactly, and the writer refuses to append to one instead of mixing formats."
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from torch import nn
 
-from hyperlapse import open_trajectory
+from hyperlapse import TrajectoryRecorder, open_trajectory
+from hyperlapse.errors import IncompatibleStoreError
 
 DATA = Path(__file__).parent.parent / "data"
 STORE = DATA / "v1_mlp.zarr"
@@ -29,3 +33,16 @@ def test_v1_store_reads_bit_exact() -> None:
             assert np.array_equal(value.numpy().view(np.uint32), want.view(np.uint32)), (t, name)
     w = np.asarray(traj.weights("0.weight"))
     assert np.array_equal(w.view(np.uint32), expected["param:0.weight"].view(np.uint32))
+
+
+def test_writer_refuses_to_append_to_v1(tmp_path) -> None:
+    path = tmp_path / "v1.zarr"
+    shutil.copytree(STORE, path)
+    before = sorted((p.relative_to(path), p.read_bytes()) for p in path.rglob("*") if p.is_file())
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    with pytest.raises(IncompatibleStoreError, match="version 1"):
+        TrajectoryRecorder(path, model, every=1, snapshots_per_chunk=4)
+    after = sorted((p.relative_to(path), p.read_bytes()) for p in path.rglob("*") if p.is_file())
+    assert after == before  # untouched
+    assert len(open_trajectory(path)) == 7

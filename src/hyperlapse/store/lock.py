@@ -104,6 +104,7 @@ class WriterLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
+                self.mode = "flock"
                 owner = (current or {}).get("writer") or _read_owner(self.location)
                 raise self._locked(owner) from None
             except (ImportError, OSError) as exc:  # no flock here (Windows, some NFS): lease

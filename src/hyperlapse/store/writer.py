@@ -206,7 +206,8 @@ class StoreWriter:
             "writer": self._lock.owner,
         }
         store = fmt.make_store(self.location, read_only=False)
-        self.group = zarr.open_group(store, mode="w", attributes=attrs)
+        self.group = zarr.open_group(store, mode="w-", attributes=attrs)  # "w" would
+        # delete the folder, and with it the flock held on it
         self.written = 0
         self.last_step: int | None = None
         self.metric_names: list[str] = []
@@ -432,6 +433,7 @@ class StoreWriter:
         if n == 0:
             return
         end = start + n
+        self._check_lease()
         metrics = [m() if callable(m) else m for m in self._metrics]
         new_names = sorted({k for m in metrics for k in m} - set(self.metric_names))
         self._grow(end)
@@ -487,10 +489,15 @@ class StoreWriter:
         for folder in sorted(folders):
             _fsync(folder)
 
+    def _check_lease(self) -> None:
+        """Lease mode: before writing, make sure no other writer took the store over."""
+        if self._lock is not None and self._lock.mode == "lease":
+            attrs = fmt.read_attrs(self.group.store, self.location)
+            self._lock.renew(attrs.get("writer"))
+
     def _commit(self, **extra: Any) -> None:
         assert self._lock is not None
-        owner = self._lock.renew(self.group.attrs.get("writer") if self._lock.mode == "lease"
-                                 else None)
+        owner = self._lock.renew(None)
         update = {
             "committed": self.written,
             "metrics": self.metric_names,

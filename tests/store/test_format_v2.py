@@ -259,3 +259,23 @@ def test_documented_xarray_example_runs(tmp_path, monkeypatch) -> None:
     assert scope["w"].dims == ("step", "0_out", "0_in")
     assert scope["w"]["step"].values.tolist() == [0, 10, 20, 30, 40, 50, 60]
     assert scope["loss"].shape == (7,)
+
+
+def test_short_flush_interval_warns_and_amplification_is_counted(tmp_path) -> None:
+    from hyperlapse.errors import HyperlapseWarning
+
+    params = [{"name": "w", "shape": [64], "dtype": "float32"}]
+    with pytest.warns(HyperlapseWarning, match="flush_every_s=0.05"):
+        writer = StoreWriter(tmp_path / "a.zarr", params, snapshots_per_chunk=16,
+                             flush_every_s=0.05, fsync=False)
+    for t in range(16):  # a commit per snapshot rewrites the growing partial shard
+        writer.append({"w": np.full(64, t, dtype=np.float32)}, t, 0.0)
+        writer.flush()
+    writer.close()
+    whole = StoreWriter(tmp_path / "b.zarr", params, snapshots_per_chunk=16,
+                        flush_every_s=None, fsync=False)
+    for t in range(16):
+        whole.append({"w": np.full(64, t, dtype=np.float32)}, t, 0.0)
+    whole.close()
+    assert writer.write_amplification > 4 * whole.write_amplification
+    assert zarr.open_group(tmp_path / "a.zarr", mode="r").attrs["write_amplification"] > 4

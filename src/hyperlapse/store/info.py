@@ -107,6 +107,7 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
         "recorder": attrs.get("recorder"),
         "versions": attrs.get("versions"),
         "recording_cost": attrs.get("recording_cost"),
+        "write_amplification": attrs.get("write_amplification"),
         "writer": attrs.get("writer"),
         "verified": verify,
         "damaged": damaged,
@@ -160,6 +161,9 @@ def format_info(info: dict[str, Any]) -> str:
     cost = info.get("recording_cost")
     if isinstance(cost, dict) and cost:
         lines.append("recording    " + ", ".join(_cost_text(k, v) for k, v in cost.items()))
+    if isinstance(info.get("write_amplification"), (int, float)):
+        lines.append(f"written      {info['write_amplification']:.2f} bytes per byte of data "
+                     f"(partial-shard rewrites of time flushes)")
     if not info.get("verified"):
         lines.append("integrity    not verified (hyperlapse info --verify reads every snapshot)")
     elif not info["damaged"]:

@@ -31,7 +31,9 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +43,16 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from ..errors import ConfigError, CorruptStoreError, HyperlapseError, StoreError
+from ..errors import ConfigError, CorruptStoreError, HyperlapseError, HyperlapseWarning, StoreError
 from . import format as fmt
 from .lock import WriterLock
 from .shards import ChunkEncoder, assemble_shard, chunk_crc_ok, split_shard
 
 MetricsLike = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+
+#: Below this ``flush_every_s`` the writer warns about write amplification (measured in
+#: benchmarks/results/store_v2.md).
+SHORT_FLUSH_S = 0.5
 
 #: Array config of the writer's handles: every chunk is written, even one equal to the fill
 #: value, so a missing chunk below ``committed`` always means damage (format version 2).
@@ -116,6 +122,17 @@ class StoreWriter:
             for p in parameters
         ]
         _check_parameters(self.parameters)
+        if flush_every_s is not None and 0 < flush_every_s < SHORT_FLUSH_S:
+            warnings.warn(
+                f"flush_every_s={flush_every_s} rewrites the current partial shard every "
+                f"{flush_every_s} s: at short intervals the bytes written grow to about "
+                f"(seconds to fill a shard) / (2 * flush_every_s) times the data (measured: "
+                f"32x at a commit per snapshot with 64-snapshot shards), and each commit costs "
+                f"~0.1 s with fsync. Use flush_every_s >= {SHORT_FLUSH_S} (or None) unless you "
+                f"need that crash bound.",
+                HyperlapseWarning,
+                stacklevel=3,
+            )
         self.flush_every_s = flush_every_s
         self.fsync = bool(fsync) and not fmt.is_url(location)
         self.recording_cost: dict[str, Any] | None = None
@@ -481,13 +498,15 @@ class StoreWriter:
         if not self.fsync:
             return
         root = fmt.local_path(self.location)
-        folders = set()
-        for key in sorted(dirty):
-            path = root / key
-            _fsync(path)
-            folders.add(path.parent)
-        for folder in sorted(folders):
-            _fsync(folder)
+        files = [root / key for key in sorted(dirty)]
+        folders = sorted({path.parent for path in files})
+        if len(files) > 1:  # concurrent fsyncs: the disk handles them together
+            with ThreadPoolExecutor(min(8, len(files))) as pool:
+                list(pool.map(_fsync, files))
+                list(pool.map(_fsync, folders))
+        else:
+            for path in files + folders:
+                _fsync(path)
 
     def _check_lease(self) -> None:
         """Lease mode: before writing, make sure no other writer took the store over."""
@@ -505,6 +524,7 @@ class StoreWriter:
             "report_dropped": self.report_dropped,
             "nonfinite": self.nonfinite,
             "writer": owner,
+            "write_amplification": round(self.write_amplification, 3),
             **extra,
         }
         if self.recording_cost is not None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from hyperlapse import open_trajectory
+from hyperlapse.cli import main
 from hyperlapse.errors import StoreLockedError
 from hyperlapse.store.lock import LEASE_S, break_lock
 from hyperlapse.store.writer import StoreWriter
@@ -36,7 +37,7 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_second_process_is_refused_and_kill_frees_the_lock(tmp_path) -> None:
+def test_second_process_is_refused_and_kill_frees_the_lock(tmp_path, capsys) -> None:
     path = tmp_path / "run.zarr"
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True
@@ -46,10 +47,14 @@ def test_second_process_is_refused_and_kill_frees_the_lock(tmp_path) -> None:
         with pytest.raises(StoreLockedError, match=rf"pid {child.pid} on host"):
             StoreWriter(path, PARAMS, snapshots_per_chunk=4)
         assert len(open_trajectory(path)) == 5  # readers are never blocked
+        assert main(["info", str(path)]) == 0
+        assert f"pid {child.pid}" in capsys.readouterr().out.split("writer", 1)[1]
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
         child.stdout.close()
+    assert main(["info", str(path)]) == 0
+    assert "not running: crashed or killed" in capsys.readouterr().out
     writer = StoreWriter(path, PARAMS, snapshots_per_chunk=4)  # the kernel released the flock
     assert writer.committed == 5
     writer.append({"w": np.full(3, 5, dtype=np.float32)}, 5, 0.0)

@@ -9,9 +9,11 @@ A store is one Zarr v3 group (see ``docs/store-format.md``)::
       wall_time          (T,) float64 (seconds since the epoch)
       metrics/<name>     (T,) float64, NaN where the scalar was not logged
 
-Everything here is plain Zarr with standard codecs, so ``zarr.open_group`` (and xarray/dask)
-read a store without hyperlapse. Readers must take the first ``attrs["committed"]`` entries of
-every array and never trust an array's shape.
+Everything here is plain Zarr with standard codecs (every chunk ends with its ``crc32c``), so
+``zarr.open_group`` (and xarray/dask) read a store without hyperlapse. Readers must take the
+first ``attrs["committed"]`` entries of every array and never trust an array's shape (it runs
+ahead while a run is live, geometrically). This module also validates what a reader relies on
+(:func:`read_attrs`): malformed metadata raises ``CorruptStoreError``, never a raw traceback.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import CorruptStoreError, EmptyStoreError
 from . import format as fmt
-from .lock import owner_text
+from .lock import owner_text, writer_alive
 from .reader import open_trajectory
 
 __all__ = ["store_info", "format_info", "disk_usage"]
@@ -109,6 +109,7 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
         "recording_cost": attrs.get("recording_cost"),
         "write_amplification": attrs.get("write_amplification"),
         "writer": attrs.get("writer"),
+        "writer_alive": writer_alive(attrs.get("writer")),
         "verified": verify,
         "damaged": damaged,
     }
@@ -157,7 +158,9 @@ def format_info(info: dict[str, Any]) -> str:
         f"non-finite   {info['nonfinite']} snapshots",
     ]
     if info.get("writer") and not info["closed"]:
-        lines.append(f"writer       {owner_text(info['writer'])}")
+        state = {True: "running", False: "not running: crashed or killed (the lock is free)",
+                 None: "on another host: cannot tell whether it runs"}[info["writer_alive"]]
+        lines.append(f"writer       {owner_text(info['writer'])}, {state}")
     cost = info.get("recording_cost")
     if isinstance(cost, dict) and cost:
         lines.append("recording    " + ", ".join(_cost_text(k, v) for k, v in cost.items()))

@@ -34,7 +34,7 @@ from . import format as fmt
 #: Seconds a lease stays valid without a commit renewing it (URL stores, no-flock mounts).
 LEASE_S = 600.0
 
-__all__ = ["WriterLock", "break_lock", "owner_text"]
+__all__ = ["WriterLock", "break_lock", "owner_text", "writer_alive"]
 
 
 def _owner() -> dict[str, Any]:
@@ -55,6 +55,16 @@ def owner_text(owner: Any) -> str:
     return (
         f"pid {owner.get('pid')} on host '{owner.get('host')}' (since {owner.get('started')})"
     )
+
+
+def writer_alive(owner: Any) -> bool | None:
+    """Whether the writer named by a ``"writer"`` attribute still runs (``None``: it ran on
+    another host, so this process cannot tell)."""
+    if not isinstance(owner, dict):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return None
+    return _alive(owner.get("pid"))
 
 
 def _alive(pid: Any) -> bool:

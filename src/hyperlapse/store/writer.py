@@ -52,7 +52,7 @@ MetricsLike = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
 #: Below this ``flush_every_s`` the writer warns about write amplification (measured in
 #: benchmarks/results/store_v2.md).
-SHORT_FLUSH_S = 0.5
+SHORT_FLUSH_S = 0.1
 
 #: Array config of the writer's handles: every chunk is written, even one equal to the fill
 #: value, so a missing chunk below ``committed`` always means damage (format version 2).
@@ -127,9 +127,8 @@ class StoreWriter:
                 f"flush_every_s={flush_every_s} rewrites the current partial shard every "
                 f"{flush_every_s} s: at short intervals the bytes written grow to about "
                 f"(seconds to fill a shard) / (2 * flush_every_s) times the data (measured: "
-                f"32x at a commit per snapshot with 64-snapshot shards), and each commit costs "
-                f"~0.1 s with fsync. Use flush_every_s >= {SHORT_FLUSH_S} (or None) unless you "
-                f"need that crash bound.",
+                f"32x at a commit per snapshot with 64-snapshot shards). Use flush_every_s "
+                f">= {SHORT_FLUSH_S} (or None) unless you need that crash bound.",
                 HyperlapseWarning,
                 stacklevel=3,
             )

@@ -33,6 +33,7 @@ def test_v1_store_reads_bit_exact() -> None:
             assert np.array_equal(value.numpy().view(np.uint32), want.view(np.uint32)), (t, name)
     w = np.asarray(traj.weights("0.weight"))
     assert np.array_equal(w.view(np.uint32), expected["param:0.weight"].view(np.uint32))
+    assert traj.verify() == []  # shard indexes checked (version 1 has no chunk checksums)
 
 
 def test_writer_refuses_to_append_to_v1(tmp_path) -> None:

@@ -261,7 +261,7 @@ def test_documented_xarray_example_runs(tmp_path, monkeypatch) -> None:
     assert scope["loss"].shape == (7,)
 
 
-def test_short_flush_interval_warns_and_amplification_is_counted(tmp_path) -> None:
+def test_short_flush_warning_text_and_amplification_is_counted(tmp_path) -> None:
     from hyperlapse.store.writer import short_flush_warning
 
     assert "flush_every_s=0.05" in short_flush_warning(0.05)
@@ -280,3 +280,23 @@ def test_short_flush_interval_warns_and_amplification_is_counted(tmp_path) -> No
     whole.close()
     assert writer.write_amplification > 4 * whole.write_amplification
     assert zarr.open_group(tmp_path / "a.zarr", mode="r").attrs["write_amplification"] > 4
+
+
+def test_dask_reads_live_and_closed_stores(tmp_path) -> None:
+    da = pytest.importorskip("dask.array")
+    path = tmp_path / "run.zarr"
+    writer = StoreWriter(path, [{"name": "w", "shape": [3, 2], "dtype": "float32"}],
+                         snapshots_per_chunk=4, flush_every_s=None)
+    for t in range(10):
+        writer.append({"w": np.full((3, 2), t, dtype=np.float32)}, t, 0.0)
+    writer.flush()
+    g = zarr.open_group(path, mode="r")
+    arr = g["params/w"]
+    n = g.attrs["committed"]
+    live = da.from_zarr(arr, chunks=arr.shards)[:n].compute()  # the shape runs ahead: slice
+    assert arr.shape[0] > n and live.shape == (10, 3, 2)
+    assert live[:, 0, 0].tolist() == list(range(10))
+    writer.close()
+    arr = zarr.open_group(path, mode="r")["params/w"]
+    closed = da.from_zarr(arr, chunks=arr.shards).compute()
+    assert np.array_equal(closed, live)

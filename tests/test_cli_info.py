@@ -67,3 +67,11 @@ def test_info_errors(case: str, tmp_path, capsys) -> None:
     assert {"missing": "nothing exists", "not_a_store": "no zarr.json", "empty": "no committed"}[
         case
     ] in err
+
+
+def test_info_verify_intact_store(store: str, capsys) -> None:
+    assert main(["info", store, "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "integrity    verified: all 6 snapshots intact" in out
+    assert main(["info", store]) == 0
+    assert "not verified" in capsys.readouterr().out

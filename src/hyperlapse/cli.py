@@ -22,14 +22,21 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("store", help="path or URL of a hyperlapse trajectory store (*.zarr)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--verify", action="store_true", help="read every committed snapshot and "
+                   "report each damaged one (exit status 1 if any)")
     p.set_defaults(func=_cmd_info)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .store.info import format_info, store_info
 
-    info = store_info(args.store)
+    info = store_info(args.store, verify=args.verify)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
+    if info["damaged"]:
+        print(f"hyperlapse info: error: {len(info['damaged'])} damaged entries in "
+              f"'{args.store}' (listed above). Restore the store from a copy or record again.",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -32,6 +32,15 @@ class EmptyStoreError(StoreError):
     """The store holds no committed snapshot yet."""
 
 
+class CorruptStoreError(StoreError):
+    """A store is damaged: a checksum does not match, a committed chunk is missing, or its
+    metadata is malformed. Damaged data is never returned as values."""
+
+
+class StoreLockedError(StoreError):
+    """Another writer holds the store (one writer at a time)."""
+
+
 class WriterError(HyperlapseError, RuntimeError):
     """The background writer failed; raised on the training thread with the cause attached."""
 

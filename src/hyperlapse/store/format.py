@@ -9,13 +9,16 @@ A store is one Zarr v3 group (see ``docs/store-format.md``)::
       wall_time          (T,) float64 (seconds since the epoch)
       metrics/<name>     (T,) float64, NaN where the scalar was not logged
 
-Everything here is plain Zarr with standard codecs, so ``zarr.open_group`` (and xarray/dask)
-read a store without hyperlapse. Readers must take the first ``attrs["committed"]`` entries of
-every array and never trust an array's shape.
+Everything here is plain Zarr with standard codecs (every chunk ends with its ``crc32c``), so
+``zarr.open_group`` (and xarray/dask) read a store without hyperlapse. Readers must take the
+first ``attrs["committed"]`` entries of every array and never trust an array's shape (it runs
+ahead while a run is live, geometrically). This module also validates what a reader relies on
+(:func:`read_attrs`): malformed metadata raises ``CorruptStoreError``, never a raw traceback.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,17 +26,30 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
-from ..errors import IncompatibleStoreError, MissingDependencyError, NotAStoreError, StoreError
+from ..errors import (
+    CorruptStoreError,
+    IncompatibleStoreError,
+    MissingDependencyError,
+    NotAStoreError,
+    StoreError,
+)
 
 FORMAT = "hyperlapse.trajectory"
-VERSION = 1
+#: Version written by this code. Version 2 added checksums of every inner chunk, per-layer
+#: dimension names, geometric growth of live arrays and the writer lock.
+VERSION = 2
+#: Versions this code reads.
+READ_VERSIONS = (1, 2)
 
 PARAMS = "params"
 STEP = "step"
 WALL_TIME = "wall_time"
 METRICS = "metrics"
+SNAPSHOT_DIM = "snapshot"
 
 #: Target bytes of one shard of one parameter when ``snapshots_per_chunk`` is not given.
 SHARD_TARGET_BYTES = 64 * 2**20
@@ -45,19 +61,68 @@ SCALAR_CHUNK = 1024
 #: Logical dtype name -> numpy dtype stored in Zarr. bfloat16 has no numpy dtype: its bits are
 #: stored as uint16 and the array attr ``hyperlapse_dtype`` says "bfloat16".
 STORED_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
+#: Logical dtypes a store may hold (floating tensors in the recording dtype, integer and bool
+#: buffers/parameters in their own).
+SUPPORTED_DTYPES = (
+    "float32", "float16", "bfloat16", "float64",
+    "bool", "uint8", "int8", "int16", "int32", "int64",
+)
 
 
 def default_compressor(stored_dtype: str) -> Any:
     """The compressor for a stored dtype, chosen by measurement (docs/store-format.md).
 
     float32 weights: blosc(lz4) + bitshuffle keeps 0.88 of the raw bytes at ~370 MB/s (plain
-    zstd: 0.92 at ~120-230 MB/s). 2-byte dtypes: zstd level 1 keeps 0.91 of the float16 bytes
-    (bitshuffle does not help there).
+    zstd: 0.92 at ~120-230 MB/s). 1- and 2-byte dtypes: zstd level 1 (0.91 of float16 bytes;
+    bitshuffle does not help there).
     """
     itemsize = np.dtype(stored_dtype).itemsize
-    if itemsize == 2:
+    if itemsize <= 2:
         return ZstdCodec(level=1)
     return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=itemsize)
+
+
+def param_compressors(stored_dtype: str) -> list[Any]:
+    """The bytes-to-bytes codecs of a params array's inner chunks (version 2).
+
+    The last one is always ``crc32c``: every inner chunk carries its checksum, so a damaged
+    snapshot is detected by hyperlapse and by plain Zarr alike. A future uncompressed mode
+    (``compression=None``) keeps only ``crc32c``: inner chunks then have a fixed size
+    (``nbytes + 4``), so a shard's index is known before any snapshot arrives.
+    """
+    return [default_compressor(stored_dtype), Crc32cCodec()]
+
+
+def dimension_names(
+    parameters: list[dict[str, Any]], architecture: dict[str, Any] | None
+) -> dict[str, tuple[str, ...]]:
+    """Dimension names of every params array, unique wherever sizes differ (xarray-safe).
+
+    Layers of an MLP share names between their weight and bias: ``<layer>_out`` (rows of the
+    weight, the bias) and ``<layer>_in``. Other tensors get ``<name>_out``/``<name>_in`` (2-D)
+    or ``<name>_dim<i>``. The first dimension is always ``snapshot``.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for layer in (architecture or {}).get("layers", []):
+        out[layer["weight"]] = (f"{layer['name']}_out", f"{layer['name']}_in")
+        if layer.get("bias"):
+            out[layer["bias"]] = (f"{layer['name']}_out",)
+    sizes: dict[str, int] = {}
+    result = {}
+    for p in parameters:
+        shape = list(p["shape"])
+        names = out.get(p["name"])
+        if names is None or len(names) != len(shape):
+            if len(shape) == 2:
+                names = (f"{p['name']}_out", f"{p['name']}_in")
+            else:
+                names = tuple(f"{p['name']}_dim{i}" for i in range(len(shape)))
+        if any(sizes.setdefault(n, s) != s for n, s in zip(names, shape, strict=True)):
+            names = tuple(f"{p['name']}_dim{i}" for i in range(len(shape)))  # sizes disagree
+            for n, s in zip(names, shape, strict=True):
+                sizes[n] = s
+        result[p["name"]] = (SNAPSHOT_DIM, *names)
+    return result
 
 
 def snapshots_per_chunk_for(snapshot_bytes: int) -> int:
@@ -118,42 +183,120 @@ def _fsspec_package(url: str) -> str:
 
 
 def store_exists(location: str | os.PathLike) -> bool:
-    """Whether anything exists at ``location`` (a local path that exists, or a URL with keys)."""
+    """Whether anything exists at ``location`` (a local path, even a broken link, or a URL with
+    a ``zarr.json``)."""
     if not is_url(location):
-        return local_path(location).exists()
+        return os.path.lexists(local_path(location))
     try:
-        zarr.open_group(make_store(location, read_only=True), mode="r")
-        return True
-    except (FileNotFoundError, KeyError, ValueError, zarr.errors.NodeTypeValidationError):
+        return sync(make_store(location, read_only=True).exists("zarr.json"))
+    except (FileNotFoundError, OSError):
         return False
+
+
+_DAMAGED = (
+    "Restore the store from a copy, or record to a new path; `hyperlapse info --verify STORE` "
+    "lists every damaged snapshot."
+)
+
+
+def check_location(location: str | os.PathLike) -> None:
+    """Raise NotAStoreError unless a local ``location`` is a folder with a ``zarr.json``."""
+    if is_url(location):
+        return
+    where = os.fspath(location)
+    path = local_path(location)
+    if not os.path.lexists(path):
+        raise NotAStoreError(
+            f"Expected a hyperlapse trajectory store at '{where}', but nothing exists there. "
+            f"Check the path, or record one with hyperlapse.TrajectoryRecorder."
+        )
+    try:
+        path.stat()
+    except OSError as exc:  # a symlink loop or a dangling link
+        raise NotAStoreError(
+            f"Expected a hyperlapse trajectory store at '{where}', but it is a link that does "
+            f"not resolve ({exc.strerror or exc}). Fix or remove the link and pass the *.zarr "
+            f"folder itself."
+        ) from exc
+    if not path.is_dir():
+        raise NotAStoreError(
+            f"Expected a hyperlapse trajectory store (a folder) at '{where}', but found a file. "
+            f"Pass the *.zarr folder the recorder wrote."
+        )
+    if not (path / "zarr.json").exists():
+        raise NotAStoreError(
+            f"Expected a hyperlapse trajectory store (a Zarr v3 group) at '{where}', but it "
+            f"has no zarr.json. Pass the *.zarr folder the recorder wrote."
+        )
+
+
+def read_attrs(store: Any, where: str) -> dict[str, Any]:
+    """The validated group attributes of the store: one read of the group's ``zarr.json``.
+
+    Raises:
+        NotAStoreError: no Zarr group, or not a hyperlapse store, is there.
+        CorruptStoreError: the metadata is unreadable or its attributes have the wrong types.
+        StoreError: a newer format version.
+    """
+    try:
+        buf = sync(store.get("zarr.json", prototype=default_buffer_prototype()))
+    except (OSError, RuntimeError) as exc:
+        raise CorruptStoreError(
+            f"Expected to read the group metadata of the store at '{where}', but reading "
+            f"zarr.json failed ({type(exc).__name__}: {exc}). {_DAMAGED}"
+        ) from exc
+    if buf is None:
+        raise NotAStoreError(
+            f"Expected a hyperlapse trajectory store at '{where}', but found no Zarr group "
+            f"there (no zarr.json). Check the path or URL."
+        )
+    try:
+        meta = json.loads(buf.to_bytes())
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CorruptStoreError(
+            f"Expected the store's zarr.json at '{where}' to hold JSON group metadata, but it "
+            f"is not valid JSON ({exc}; {len(buf)} bytes). {_DAMAGED}"
+        ) from exc
+    if not isinstance(meta, dict):
+        raise CorruptStoreError(
+            f"Expected the store's zarr.json at '{where}' to hold a JSON object, but it holds a "
+            f"{type(meta).__name__}. {_DAMAGED}"
+        )
+    if meta.get("node_type") == "array":
+        raise NotAStoreError(
+            f"Expected a hyperlapse trajectory store (a Zarr group) at '{where}', but found a "
+            f"Zarr array there. Pass the store's root folder, not one of its arrays."
+        )
+    if meta.get("zarr_format") != 3 or meta.get("node_type") != "group":
+        raise NotAStoreError(
+            f"Expected a Zarr v3 group at '{where}', but its zarr.json says zarr_format="
+            f"{meta.get('zarr_format')!r}, node_type={meta.get('node_type')!r}. Pass a "
+            f"store written by hyperlapse."
+        )
+    attrs = meta.get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise CorruptStoreError(
+            f"Expected the attributes in zarr.json at '{where}' to be an object, but they are a "
+            f"{type(attrs).__name__}. {_DAMAGED}"
+        )
+    check_format(attrs, where)
+    validate_attrs(attrs, where)
+    return attrs
 
 
 def open_group(location: str | os.PathLike, *, read_only: bool) -> zarr.Group:
     """Open an existing hyperlapse store; raise NotAStoreError for anything else."""
     where = os.fspath(location)
-    if not is_url(location):
-        path = local_path(location)
-        if not path.exists():
-            raise NotAStoreError(
-                f"Expected a hyperlapse trajectory store at '{where}', but nothing exists there. "
-                f"Check the path, or record one with hyperlapse.TrajectoryRecorder."
-            )
-        if not (path / "zarr.json").is_file():
-            raise NotAStoreError(
-                f"Expected a hyperlapse trajectory store (a Zarr v3 group) at '{where}', but it "
-                f"has no zarr.json. Pass the *.zarr folder the recorder wrote."
-            )
+    check_location(location)
+    store = make_store(location, read_only=read_only)
+    read_attrs(store, where)
     try:
-        group = zarr.open_group(
-            make_store(location, read_only=read_only), mode="r" if read_only else "r+"
-        )
-    except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError) as exc:
-        raise NotAStoreError(
-            f"Expected a hyperlapse trajectory store at '{where}', but found no Zarr group "
-            f"there ({type(exc).__name__}: {exc}). Check the path or URL."
+        return zarr.open_group(store, mode="r" if read_only else "r+")
+    except Exception as exc:  # noqa: BLE001 - zarr raises many types for a bad group
+        raise CorruptStoreError(
+            f"Expected a Zarr group at '{where}', but zarr could not open it "
+            f"({type(exc).__name__}: {exc}). {_DAMAGED}"
         ) from exc
-    check_format(group.attrs, where)
-    return group
 
 
 def check_format(attrs: Mapping[str, Any], where: str) -> None:
@@ -165,11 +308,65 @@ def check_format(attrs: Mapping[str, Any], where: str) -> None:
             f"touch it; choose another path."
         )
     version = attrs.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if not _is_int(version) or version < 1:
+        raise CorruptStoreError(
+            f"Expected the store at '{where}' to have an integer format version, but its attrs "
+            f"say version={version!r}. {_DAMAGED}"
+        )
+    if version not in READ_VERSIONS:
         raise StoreError(
             f"The store at '{where}' has format version {version!r}, but this hyperlapse reads "
-            f"versions <= {VERSION}. Upgrade hyperlapse to read it."
+            f"versions {list(READ_VERSIONS)}. Upgrade hyperlapse to read it."
         )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad_attr(where: str, key: str, expected: str, value: Any) -> CorruptStoreError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return CorruptStoreError(
+        f"The store at '{where}' is damaged: its attribute '{key}' should be {expected}, but it "
+        f"is {shown} ({type(value).__name__}). {_DAMAGED}"
+    )
+
+
+def validate_attrs(attrs: Mapping[str, Any], where: str) -> None:
+    """Check the types of the attributes a reader relies on (CorruptStoreError otherwise)."""
+    for key in ("committed", "snapshots_per_chunk"):
+        if key not in attrs:
+            raise _bad_attr(where, key, "present", None)
+    if not _is_int(attrs["committed"]) or attrs["committed"] < 0:
+        raise _bad_attr(where, "committed", "a non-negative integer", attrs["committed"])
+    k = attrs["snapshots_per_chunk"]
+    if not _is_int(k) or k < 1:
+        raise _bad_attr(where, "snapshots_per_chunk", "a positive integer", k)
+    params = attrs.get("parameters")
+    if not isinstance(params, list) or not params:
+        raise _bad_attr(where, "parameters", "a non-empty list of {name, shape, dtype}", params)
+    for p in params:
+        ok = (
+            isinstance(p, dict)
+            and isinstance(p.get("name"), str)
+            and isinstance(p.get("shape"), list)
+            and all(_is_int(s) and s >= 0 for s in p["shape"])
+            and p.get("dtype") in SUPPORTED_DTYPES + ("uint16",)
+        )
+        if not ok:
+            raise _bad_attr(where, "parameters", "a list of {name, shape, dtype}", p)
+    metrics = attrs.get("metrics", [])
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise _bad_attr(where, "metrics", "a list of names", metrics)
+    for key in ("dropped", "report_dropped", "nonfinite"):
+        if key in attrs and (not _is_int(attrs[key]) or attrs[key] < 0):
+            raise _bad_attr(where, key, "a non-negative integer", attrs[key])
+    if "closed" in attrs and not isinstance(attrs["closed"], bool):
+        raise _bad_attr(where, "closed", "true or false", attrs["closed"])
+    arch = attrs.get("architecture")
+    if arch is not None and not isinstance(arch, dict):
+        raise _bad_attr(where, "architecture", "an object or null", arch)
 
 
 def committed(attrs: Mapping[str, Any]) -> int:

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EmptyStoreError
+from ..errors import CorruptStoreError, EmptyStoreError
 from . import format as fmt
+from .lock import owner_text, writer_alive
 from .reader import open_trajectory
 
 __all__ = ["store_info", "format_info", "disk_usage"]
@@ -26,16 +27,30 @@ def disk_usage(location: str | os.PathLike, prefix: str = "") -> tuple[int, int]
     return files, size
 
 
-def store_info(location: str | os.PathLike) -> dict[str, Any]:
+def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str, Any]:
     """Summarise a store: snapshots, steps, parameters, sizes, architecture, metrics, health.
+
+    Args:
+        location: path or URL of the store.
+        verify: read every committed snapshot and every 1-D array and list the damaged ones
+            under ``"damaged"`` (``{"what", "snapshot", "error"}``; empty when intact).
 
     Raises:
         NotAStoreError: ``location`` is not a hyperlapse store.
+        CorruptStoreError: the store's metadata or its ``step`` array is damaged (without
+            ``verify``, damaged snapshot data is not looked for).
         EmptyStoreError: the store holds no committed snapshot.
     """
     traj = open_trajectory(location)
     attrs = traj.attrs
     n = len(traj)
+    damaged = traj.verify() if verify else None
+    if damaged:
+        steps = [None, None]
+        try:
+            steps = [int(traj.steps[0]), int(traj.steps[-1])]
+        except CorruptStoreError:
+            pass
     if n == 0:
         raise EmptyStoreError(
             f"The store at '{traj.location}' holds no committed snapshot (closed cleanly: "
@@ -73,7 +88,7 @@ def store_info(location: str | os.PathLike) -> dict[str, Any]:
         "version": attrs["version"],
         "created": attrs.get("created"),
         "snapshots": n,
-        "steps": [int(traj.steps[0]), int(traj.steps[-1])],
+        "steps": steps if damaged else [int(traj.steps[0]), int(traj.steps[-1])],
         "parameters": params,
         "numel": sum(p["numel"] for p in params),
         "raw_bytes": raw,
@@ -84,13 +99,19 @@ def store_info(location: str | os.PathLike) -> dict[str, Any]:
         "files": files,
         "architecture": arch,
         "widths": (arch or {}).get("widths"),
-        "metrics": list(traj.metrics),
+        "metrics": list(attrs.get("metrics", [])),
         "closed": bool(attrs.get("closed")),
         "dropped": int(attrs.get("dropped", 0)),
         "report_dropped": int(attrs.get("report_dropped", 0)),
         "nonfinite": int(attrs.get("nonfinite", 0)),
         "recorder": attrs.get("recorder"),
         "versions": attrs.get("versions"),
+        "recording_cost": attrs.get("recording_cost"),
+        "write_amplification": attrs.get("write_amplification"),
+        "writer": attrs.get("writer"),
+        "writer_alive": writer_alive(attrs.get("writer")),
+        "verified": verify,
+        "damaged": damaged,
     }
 
 
@@ -136,4 +157,33 @@ def format_info(info: dict[str, Any]) -> str:
         f"dropped      {info['dropped']}  (report listener: {info['report_dropped']})",
         f"non-finite   {info['nonfinite']} snapshots",
     ]
+    if info.get("writer") and not info["closed"]:
+        state = {True: "running", False: "not running: crashed or killed (the lock is free)",
+                 None: "on another host: cannot tell whether it runs"}[info["writer_alive"]]
+        lines.append(f"writer       {owner_text(info['writer'])}, {state}")
+    cost = info.get("recording_cost")
+    if isinstance(cost, dict) and cost:
+        lines.append("recording    " + ", ".join(_cost_text(k, v) for k, v in cost.items()))
+    if isinstance(info.get("write_amplification"), (int, float)):
+        lines.append(f"written      {info['write_amplification']:.2f} bytes per byte of data "
+                     f"(partial-shard rewrites of time flushes)")
+    if not info.get("verified"):
+        lines.append("integrity    not verified (hyperlapse info --verify reads every snapshot)")
+    elif not info["damaged"]:
+        lines.append(f"integrity    verified: all {info['snapshots']} snapshots intact")
+    else:
+        lines.append(f"integrity    DAMAGED: {len(info['damaged'])} problems")
+        for d in info["damaged"]:
+            where = "" if d["snapshot"] is None else f" snapshot {d['snapshot']}"
+            lines.append(f"  {d['what']}{where}: {d['error']}")
     return "\n".join(lines)
+
+
+def _cost_text(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        if key.endswith("_s"):
+            return f"{key} {value * 1e3:.1f} ms" if value < 1 else f"{key} {value:.2f} s"
+        return f"{key} {value:.3g}"
+    if key.startswith("bytes") and isinstance(value, int):
+        return f"{key} {_size(value)}"
+    return f"{key} {value}"

@@ -8,35 +8,47 @@ from __future__ import annotations
 
 import copy
 import glob as _glob
+import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import zarr
 from torch import nn
+from zarr.abc.store import SuffixByteRequest
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
-from ..errors import ConfigError, EmptyStoreError, StoreError
+from ..errors import ConfigError, CorruptStoreError, EmptyStoreError
 from . import format as fmt
+from .shards import MISSING, parse_index
 
 __all__ = ["Trajectory", "WeightsView", "open_trajectory", "open_trajectories"]
+
+
+_ERRORS = (ValueError, OSError, KeyError, TypeError, RuntimeError, IndexError)
 
 
 class WeightsView:
     """A lazy ``(T, *shape)`` view of one parameter over the committed snapshots.
 
     Indexing reads only what is asked for (``view[t]``, ``view[a:b]``, ``view[:, 0]``);
-    ``np.asarray(view)`` reads it all. ``.zarr`` is the underlying Zarr array (its shape may
-    run ahead: slice it to ``len(view)``), ``.shards`` its shard shape (use it as dask chunks).
+    ``np.asarray(view)`` reads it all. Every snapshot read is checked: a missing or damaged
+    inner chunk raises :class:`~hyperlapse.errors.CorruptStoreError`, never zeros. ``.zarr`` is
+    the underlying Zarr array (its shape may run ahead: slice it to ``len(view)``), ``.shards``
+    its shard shape (use it as dask chunks).
     """
 
-    def __init__(self, array: zarr.Array, length: int, logical_dtype: str) -> None:
-        self.zarr = array
-        self.shape = (length, *array.shape[1:])
-        self.logical_dtype = logical_dtype
-        self.dtype = array.dtype
-        self.shards = array.shards
+    def __init__(self, traj: Trajectory, name: str) -> None:
+        self._traj = traj
+        self.name = name
+        self.zarr = traj._array(name)
+        self.shape = (len(traj), *self.zarr.shape[1:])
+        self.logical_dtype = traj._params[name]["dtype"]
+        self.dtype = self.zarr.dtype
+        self.shards = self.zarr.shards
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -55,11 +67,14 @@ class WeightsView:
             if not 0 <= t < n:
                 raise IndexError(f"snapshot index {first} out of range for {n} snapshots")
             first = t
+            times = np.array([t])
         elif isinstance(first, slice):
             first = slice(*first.indices(n))
+            times = np.arange(n)[first]
         else:
             first = np.arange(n)[first]
-        return self.zarr[(first, *rest)]
+            times = np.atleast_1d(first)
+        return self._traj._read(self.name, first, rest, times)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         data = self[:]
@@ -69,8 +84,30 @@ class WeightsView:
         return f"WeightsView(shape={self.shape}, dtype={self.logical_dtype})"
 
 
+class _Growing:
+    """A 1-D cache that grows geometrically, so extending it by m values costs O(m)."""
+
+    def __init__(self, dtype: Any) -> None:
+        self.data = np.empty(0, dtype=dtype)
+        self.n = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self.n + len(values)
+        if end > len(self.data):
+            bigger = np.empty(max(end, 2 * len(self.data), 16), dtype=self.data.dtype)
+            bigger[: self.n] = self.data[: self.n]
+            self.data = bigger
+        self.data[self.n : end] = values
+        self.n = end
+
+
 class Trajectory:
     """The committed snapshots of one trajectory store.
+
+    Opening and :meth:`refresh` read the group's ``zarr.json`` (and the metadata of arrays whose
+    capacity was outgrown): their cost does not grow with the run's length. ``steps``,
+    ``wall_time`` and ``metrics`` are read on first use and then extended by the new entries
+    only.
 
     Attributes:
         steps: ``(T,)`` int64 optimizer step of each snapshot.
@@ -83,42 +120,201 @@ class Trajectory:
 
     def __init__(self, location: str | os.PathLike) -> None:
         self.location = os.fspath(location)
+        fmt.check_location(location)
+        self._store = fmt.make_store(location, read_only=True)
+        self._length = 0
+        self._handles: dict[str, zarr.Array] = {}
+        self._cache: dict[str, _Growing] = {}
+        self._indexes: dict[tuple[str, int], int] = {}  # (param, shard) -> snapshots checked
         self.refresh()
 
     def refresh(self) -> int:
         """Re-read the store to pick up snapshots committed since the last read.
 
         Returns:
-            The number of new snapshots.
+            The number of new snapshots (negative if a resumed writer cut the run back).
+
+        Raises:
+            CorruptStoreError: the metadata is damaged or an array is shorter than
+                ``committed``.
         """
-        old = getattr(self, "_length", 0)
-        group = fmt.open_group(self.location, read_only=True)
-        attrs = dict(group.attrs)
+        old = self._length
+        attrs = fmt.read_attrs(self._store, self.location)
         n = fmt.committed(attrs)
         self.attrs = attrs
         self.param_names = [p["name"] for p in attrs["parameters"]]
         self._params = {p["name"]: p for p in attrs["parameters"]}
         self.architecture = attrs.get("architecture")
-        try:
-            self._arrays = {name: group[f"{fmt.PARAMS}/{name}"] for name in self.param_names}
-            self.steps = np.asarray(group[fmt.STEP][:n], dtype=np.int64)
-            self.wall_time = np.asarray(group[fmt.WALL_TIME][:n], dtype=np.float64)
-            self.metrics = {
-                m: np.asarray(group[f"{fmt.METRICS}/{m}"][:n], dtype=np.float64)
-                for m in attrs.get("metrics", [])
-            }
-        except KeyError as exc:
-            raise StoreError(
-                f"The store at '{self.location}' is missing the array {exc} that its attrs name. "
-                f"It was not written by hyperlapse or was damaged; re-record it."
-            ) from exc
-        if len(self.steps) != n:
-            raise StoreError(
-                f"The store at '{self.location}' says {n} snapshots are committed but its 'step' "
-                f"array holds {len(self.steps)}. The store is damaged."
-            )
+        self._k = int(attrs["snapshots_per_chunk"])
+        self._version = int(attrs["version"])
+        if n < old:  # cut back by a resumed writer: forget what was read past n
+            self._cache.clear()
+            self._indexes = {key: min(v, n) for key, v in self._indexes.items()}
         self._length = n
+        for path in self._paths():
+            self._open(path, n)
         return n - old
+
+    def _paths(self) -> list[str]:
+        return (
+            [f"{fmt.PARAMS}/{name}" for name in self.param_names]
+            + [fmt.STEP, fmt.WALL_TIME]
+            + [f"{fmt.METRICS}/{m}" for m in self.attrs.get("metrics", [])]
+        )
+
+    def _open(self, path: str, n: int) -> zarr.Array:
+        """The array at ``path``, reopened only when its known shape is shorter than ``n``."""
+        arr = self._handles.get(path)
+        if arr is not None and arr.shape[0] >= n:
+            return arr
+        try:
+            arr = zarr.open_array(self._store, path=path, mode="r")
+        except FileNotFoundError as exc:
+            raise self._corrupt(
+                f"the array '{path}' that its attrs name is missing ({exc})"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - zarr raises many types for bad metadata
+            raise self._corrupt(
+                f"the metadata of the array '{path}' cannot be read ({type(exc).__name__}: {exc})"
+            ) from exc
+        if arr.ndim < 1 or arr.shape[0] < n:
+            raise self._corrupt(
+                f"{n} snapshots are committed but the array '{path}' holds "
+                f"{arr.shape[0] if arr.ndim else 0}"
+            )
+        if path.startswith(fmt.PARAMS + "/"):
+            want = tuple(self._params[path.split("/", 1)[1]]["shape"])
+            if tuple(arr.shape[1:]) != want:
+                raise self._corrupt(
+                    f"the array '{path}' has snapshots of shape {tuple(arr.shape[1:])}, but the "
+                    f"attrs say {want}"
+                )
+        self._handles[path] = arr
+        return arr
+
+    def _corrupt(self, what: str) -> CorruptStoreError:
+        return CorruptStoreError(
+            f"The store at '{self.location}' is damaged: {what}. Restore it from a copy or "
+            f"record again; `hyperlapse info --verify {self.location}` lists every damaged "
+            f"snapshot."
+        )
+
+    def _array(self, name: str) -> zarr.Array:
+        return self._open(f"{fmt.PARAMS}/{name}", self._length)
+
+    # -- the 1-D arrays, read on first use and extended incrementally ------------------------
+    def _scalar(self, path: str, dtype: Any) -> np.ndarray:
+        n = self._length
+        cache = self._cache.get(path)
+        if cache is None:
+            cache = self._cache[path] = _Growing(dtype)
+        if cache.n < n:
+            arr = self._open(path, n)
+            self._check_scalar_chunks(path, arr, cache.n, n)
+            try:
+                values = np.asarray(arr[cache.n : n], dtype=dtype)
+            except _ERRORS as exc:
+                raise self._corrupt(
+                    f"the entries {cache.n}..{n - 1} of '{path}' cannot be read "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
+            cache.extend(values)
+        return cache.data[:n]
+
+    def _check_scalar_chunks(self, path: str, arr: zarr.Array, start: int, end: int) -> None:
+        # version 1 skipped all-NaN metric chunks; step and wall_time chunks always exist
+        if self._version < 2 and path.startswith(fmt.METRICS + "/"):
+            return
+        c = arr.chunks[0]
+        for i in range(start // c, (end - 1) // c + 1):
+            key = f"{path}/{arr.metadata.encode_chunk_key((i,))}"
+            if not sync(self._store.exists(key)):
+                raise self._corrupt(
+                    f"the chunk holding snapshots {i * c}..{min((i + 1) * c, end) - 1} of "
+                    f"'{path}' is missing (it was written before they were committed)"
+                )
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self._scalar(fmt.STEP, np.int64)
+
+    @property
+    def wall_time(self) -> np.ndarray:
+        return self._scalar(fmt.WALL_TIME, np.float64)
+
+    @property
+    def metrics(self) -> dict[str, np.ndarray]:
+        return {
+            m: self._scalar(f"{fmt.METRICS}/{m}", np.float64) for m in self.attrs.get("metrics", [])
+        }
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def _check_shards(self, name: str, times: np.ndarray) -> None:
+        """Every snapshot in ``times`` has its inner chunk in its shard's index."""
+        if math.prod(self._params[name]["shape"]) == 0 or len(times) == 0:
+            return
+        k, n = self._k, self._length
+        arr = self._array(name)
+        for shard in np.unique(np.asarray(times) // k):
+            shard = int(shard)
+            need = min(k, n - shard * k)
+            if self._indexes.get((name, shard), 0) >= need:
+                continue
+            key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
+            try:
+                tail = sync(
+                    self._store.get(
+                        f"{fmt.PARAMS}/{name}/{key}",
+                        prototype=default_buffer_prototype(),
+                        byte_range=SuffixByteRequest(16 * k + 4),
+                    )
+                )
+            except OSError as exc:
+                raise self._snapshot_error(
+                    name, shard * k, f"its shard cannot be read ({exc})"
+                ) from exc
+            if tail is None:
+                last = shard * k + need - 1
+                raise self._snapshot_error(
+                    name, shard * k, f"the shard file of snapshots {shard * k}..{last} is missing"
+                )
+            try:
+                index = parse_index(tail.to_bytes(), k)
+            except ValueError as exc:
+                raise self._snapshot_error(
+                    name, shard * k, f"the index of its shard is damaged ({exc})"
+                ) from exc
+            missing = np.flatnonzero(index[:need, 0] == MISSING)
+            if len(missing):
+                raise self._snapshot_error(
+                    name, shard * k + int(missing[0]), "its inner chunk is missing from the shard"
+                )
+            self._indexes[(name, shard)] = need
+
+    def _snapshot_error(self, name: str, t: int, what: str) -> CorruptStoreError:
+        step = ""
+        cache = self._cache.get(fmt.STEP)
+        if cache is not None and t < cache.n:
+            step = f", step {int(cache.data[t])}"
+        return self._corrupt(f"parameter '{name}' at snapshot {t}{step}: {what}")
+
+    def _read(self, name: str, first: Any, rest: tuple, times: np.ndarray) -> np.ndarray:
+        self._check_shards(name, times)
+        arr = self._array(name)
+        try:
+            return arr[(first, *rest)]
+        except _ERRORS as exc:
+            bad = int(times[0])
+            if len(times) > 1:  # find the damaged snapshot
+                for t in times:
+                    try:
+                        arr[int(t)]
+                    except _ERRORS:
+                        bad = int(t)
+                        break
+            raise self._snapshot_error(
+                name, bad, f"its data fails its checksum or cannot be decoded ({exc})"
+            ) from exc
 
     def __len__(self) -> int:
         return self._length
@@ -144,21 +340,59 @@ class Trajectory:
         return i
 
     def __getitem__(self, t: int) -> dict[str, torch.Tensor]:
-        """Snapshot ``t`` as a state dict of tensors (bit-exact with the capture)."""
+        """Snapshot ``t`` as a state dict of tensors (bit-exact with the capture).
+
+        Raises:
+            CorruptStoreError: a tensor of the snapshot is missing or damaged.
+        """
         i = self._index(t)
+        times = np.array([i])
         return {
-            name: _to_tensor(self._arrays[name][i], self._params[name]["dtype"])
+            name: _to_tensor(self._read(name, i, (), times), self._params[name]["dtype"])
             for name in self.param_names
         }
 
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+        """Read every committed snapshot and every 1-D array; return the damage found.
+
+        Returns:
+            One ``{"what", "snapshot", "error"}`` per damaged parameter snapshot or array
+            (``snapshot`` is ``None`` for a whole array); empty when the store is intact.
+        """
+        problems: list[dict[str, Any]] = []
+        for path, dtype in [(fmt.STEP, np.int64), (fmt.WALL_TIME, np.float64)] + [
+            (f"{fmt.METRICS}/{m}", np.float64) for m in self.attrs.get("metrics", [])
+        ]:
+            try:
+                self._scalar(path, dtype)
+            except CorruptStoreError as exc:
+                problems.append({"what": path, "snapshot": None, "error": str(exc)})
+        n, k = len(self), self._k
+        for shard in range(-(-n // k)):
+            times = np.arange(shard * k, min((shard + 1) * k, n))
+            for name in self.param_names:
+                try:
+                    self._read(name, slice(int(times[0]), int(times[-1]) + 1), (), times)
+                    continue
+                except CorruptStoreError:
+                    pass
+                for t in times:  # which snapshots exactly
+                    try:
+                        self._read(name, int(t), (), np.array([t]))
+                    except CorruptStoreError as exc:
+                        problems.append({"what": name, "snapshot": int(t), "error": str(exc)})
+            if progress is not None:
+                progress(int(times[-1]) + 1, n)
+        return problems
+
     def weights(self, name: str) -> WeightsView:
         """Lazy ``(T, *shape)`` view of parameter ``name`` over the committed snapshots."""
-        if name not in self._arrays:
+        if name not in self._params:
             raise KeyError(
                 f"No parameter '{name}' in the store at '{self.location}'. Recorded: "
                 f"{self.param_names[:10]}{' ...' if len(self.param_names) > 10 else ''}."
             )
-        return WeightsView(self._arrays[name], len(self), self._params[name]["dtype"])
+        return WeightsView(self, name)
 
     def model_at(self, t: int, template: nn.Module) -> nn.Module:
         """A copy of ``template`` holding the weights of snapshot ``t``.

@@ -22,19 +22,23 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 MISSING = 2**64 - 1
 
-__all__ = ["ChunkEncoder", "assemble_shard", "split_shard"]
+__all__ = ["ChunkEncoder", "assemble_shard", "parse_index", "split_shard"]
 
 
 class ChunkEncoder:
-    """Encode one snapshot of a parameter as an inner chunk: little-endian bytes, compressed.
+    """Encode one snapshot of a parameter as an inner chunk: little-endian bytes, compressed,
+    followed by its CRC32C (format version 2).
 
     Args:
         zarr_codec: the compressor declared in the array's metadata (``BloscCodec`` or
             ``ZstdCodec``); the same compression is applied through numcodecs, which is what
             Zarr itself uses to decode it.
+        crc: append the little-endian CRC32C of the (compressed) bytes, as Zarr's ``crc32c``
+            codec does.
     """
 
-    def __init__(self, zarr_codec: BloscCodec | ZstdCodec | None) -> None:
+    def __init__(self, zarr_codec: BloscCodec | ZstdCodec | None, crc: bool = False) -> None:
+        self.crc = crc
         if zarr_codec is None:
             self._codec = None
         elif isinstance(zarr_codec, BloscCodec):
@@ -53,10 +57,16 @@ class ChunkEncoder:
     def __call__(self, snapshot: np.ndarray) -> bytes:
         """Shapes: ``snapshot`` is one parameter's ``(*shape)`` array in the stored dtype."""
         data = np.ascontiguousarray(snapshot, dtype=snapshot.dtype.newbyteorder("<"))
+        if data.dtype == np.bool_:
+            data = data.view(np.uint8)
         if self._codec is None:
-            return data.tobytes()
-        # numcodecs' Blosc takes the element size (for the shuffle) from the array itself
-        return bytes(self._codec.encode(data.reshape(-1)))
+            out = data.tobytes()
+        else:
+            # numcodecs' Blosc takes the element size (for the shuffle) from the array itself
+            out = bytes(self._codec.encode(data.reshape(-1)))
+        if self.crc:
+            out += np.uint32(google_crc32c.value(out)).astype("<u4").tobytes()
+        return out
 
 
 def assemble_shard(chunks: list[bytes], k: int) -> np.ndarray:
@@ -85,9 +95,27 @@ def split_shard(data: bytes | np.ndarray, k: int) -> list[bytes | None]:
         ValueError: the shard's index checksum does not match (a damaged shard).
     """
     data = data.tobytes() if isinstance(data, np.ndarray) else data
+    index = parse_index(data, k)
+    return [None if off == MISSING else data[int(off) : int(off) + int(n)] for off, n in index]
+
+
+def parse_index(tail: bytes, k: int) -> np.ndarray:
+    """The ``(k, 2)`` (offset, nbytes) index from the last ``16 * k + 4`` bytes of a shard.
+
+    Raises:
+        ValueError: the bytes are too short or their checksum does not match (a damaged shard).
+    """
     size = 16 * k
-    index_bytes, crc = data[-size - 4 : -4], data[-4:]
+    if len(tail) < size + 4:
+        raise ValueError(f"shard is {len(tail)} bytes, shorter than its {size + 4}-byte index")
+    index_bytes, crc = tail[-size - 4 : -4], tail[-4:]
     if np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes() != crc:
         raise ValueError("shard index checksum mismatch")
-    index = np.frombuffer(index_bytes, dtype="<u8").reshape(k, 2)
-    return [None if off == MISSING else data[int(off) : int(off) + int(n)] for off, n in index]
+    return np.frombuffer(index_bytes, dtype="<u8").reshape(k, 2)
+
+
+def chunk_crc_ok(chunk: bytes) -> bool:
+    """Whether an inner chunk's trailing CRC32C matches its bytes (format version 2)."""
+    if len(chunk) < 4:
+        return False
+    return np.uint32(google_crc32c.value(chunk[:-4])).astype("<u4").tobytes() == chunk[-4:]

@@ -215,3 +215,26 @@ def test_geometry_and_importance_on_data_probes(small_run):
     assert online.update(states[2], steps[2])["neurons"]["importance_turnover"] is not None
     with pytest.raises(ConfigError, match="data probes"):
         OnlineEncoder(arch, data_probes=torch.zeros(3, 99))
+
+
+def test_frozen_online_encoder_matches_offline_embedding_with_time_gaps(small_run):
+    """Same encoder, no refinement, no training: online z_t == encoder.embed(run).z[t], the
+    change features seeing the same gaps between optimizer steps."""
+    from hyperlapse.graph.temporal import TemporalParameterGraph
+    from hyperlapse.nn.encoder import TemporalEncoder
+
+    arch, states, steps, _ = small_run
+    steps = [0, 3, 9, 10, 30][: len(states)]
+    run = TemporalParameterGraph.from_states(states, arch, steps=steps)
+    torch.manual_seed(0)
+    g = run[0]
+    enc = TemporalEncoder(in_features=g.x.shape[1], num_identities=g.num_identities, d=4).double()
+    online = OnlineEncoder(arch, encoder=enc, refine_steps=0, dtype=torch.float64,
+                           geometry_every=0)
+    zs = []
+    for state, step in zip(states, steps, strict=True):
+        online.update(state, step)
+        zs.append(online.z)
+    torch.testing.assert_close(torch.stack(zs), enc.embed(run).z)
+    uniform = TemporalParameterGraph.from_states(states, arch, steps=list(range(len(states))))
+    assert not torch.allclose(enc.embed(uniform).z[2:], enc.embed(run).z[2:])

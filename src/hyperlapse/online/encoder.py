@@ -327,7 +327,8 @@ class OnlineEncoder:
 
         train = self._optimizer is not None
         with torch.set_grad_enabled(train):
-            z_enc, new_state = enc.step(snap, self._state)
+            gap = None if self._prev_step is None else float(max(int(step) - self._prev_step, 1))
+            z_enc, new_state = enc.step(snap, self._state, gap=gap)
         lap("encode")
 
         z, refine_terms = refine_snapshot(

@@ -128,6 +128,10 @@ def test_untrained_decoder_is_exactly_the_reference_baseline(run, dim):
         for target in TARGETS:
             want = baseline_scores(f, choice[h][target])[target]
             assert torch.equal(got[target], want)
+        # the full path (MLP evaluated, as during training) gives exactly the same
+        zt = None if z is None else z[10]
+        full = dec(zt, run.edge_index, f, rf.reference(10, h, choice[h]))
+        assert dec.correction_is_zero() and torch.equal(full.detach()[:, 1], got["new_link"])
 
 
 def test_decoder_training_keeps_the_baseline_unless_held_out_data_improve(run):
@@ -169,3 +173,16 @@ def test_features_and_decoder_are_equivariant_to_hidden_permutations(run):
     b = decoder_scores(dec, rf_p, z_p, perm_run.edge_index, 9, 2)
     for target in TARGETS:
         torch.testing.assert_close(b[target], a[target][edge_perm])
+
+
+def test_logistic_fit_on_thinned_negatives_ranks_like_the_full_fit(run):
+    from hyperlapse.train.forecast import fit_logistic_targets, logistic_baseline
+
+    rf = RunForecasts(_weights(run), run.edge_layer, gap=2.0)
+    examples = [(rf.features(s, 1), rf.targets(s, 1)) for s in range(3, 9)]
+    full = fit_logistic_targets(examples)
+    thin = fit_logistic_targets(examples, max_rows=200)
+    f, tg = rf.features(10, 1), rf.targets(10, 1)
+    a = forecast_metrics(logistic_baseline(f, full), tg)
+    b = forecast_metrics(logistic_baseline(f, thin), tg)
+    assert abs(a["link"]["auc"] - b["link"]["auc"]) < 0.05

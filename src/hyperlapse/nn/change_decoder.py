@@ -98,7 +98,15 @@ class ChangeDecoder(nn.Module):
             ]
         return self.g(torch.cat([p.to(features.dtype) for p in parts], dim=-1))
 
+    def correction_is_zero(self) -> bool:
+        """Whether ``g``'s last layer is exactly zero (untrained): then ``g == 0`` everywhere."""
+        last = self.g[-1]
+        return not bool(last.weight.any()) and not bool(last.bias.any())
+
     def forward(
         self, z: Tensor | None, pairs: Tensor, features: Tensor, reference: Tensor
     ) -> Tensor:
-        return self.log_scale.exp() * reference + self.correction(z, pairs, features)
+        scaled = self.log_scale.exp() * reference
+        if not torch.is_grad_enabled() and self.correction_is_zero():
+            return scaled  # skip the MLP over every edge: its output is exactly 0
+        return scaled + self.correction(z, pairs, features)

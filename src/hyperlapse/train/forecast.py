@@ -350,11 +350,16 @@ def logistic_scores(features: Tensor, fitted: tuple[Tensor, Tensor, Tensor]) -> 
 
 def fit_logistic_targets(
     examples: Sequence[tuple[Tensor, ForecastTargets]],
+    *,
+    max_rows: int = 50_000,
 ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
     """Fit one logistic regression per target on past ``(features, targets)`` pairs.
 
     Each pair is an origin ``s`` whose outcome ``s + h`` is already observed; rows are the
-    target's candidates at that origin.
+    target's candidates at that origin. Above ``max_rows`` rows, every positive is kept and the
+    negatives are thinned to evenly spaced quantiles of ``|w| / thr`` (a function of the weights,
+    so the fit stays independent of neuron order; case-control sampling changes the intercept
+    only, not the ranking).
     """
     if not examples:
         raise ConfigError("Expected at least one past origin to fit the logistic baseline on.")
@@ -362,6 +367,16 @@ def fit_logistic_targets(
     for name in TARGETS:
         x = torch.cat([f[t.candidates[name]] for f, t in examples])
         y = torch.cat([t.labels[name] for _, t in examples])
+        if y.numel() > max_rows:
+            neg = (~y).nonzero().squeeze(1)
+            keep_neg = max(max_rows - int(y.sum()), 1)
+            if neg.numel() > keep_neg:
+                order = neg[torch.sort(x[neg, _COL["abs_w"]], stable=True).indices]
+                pos = (
+                    (torch.arange(keep_neg, dtype=torch.float64) + 0.5) * (order.numel() / keep_neg)
+                ).long()
+                rows = torch.cat([y.nonzero().squeeze(1), order[pos]])
+                x, y = x[rows], y[rows]
         fitted[name] = fit_logistic(x, y)
     return fitted
 
@@ -425,8 +440,7 @@ class RunForecasts:
     ) -> None:
         if weights.dim() != 2 or weights.shape[1] != edge_layer.numel():
             raise ConfigError(
-                f"Expected weights of shape [T, {edge_layer.numel()}], got "
-                f"{tuple(weights.shape)}."
+                f"Expected weights of shape [T, {edge_layer.numel()}], got {tuple(weights.shape)}."
             )
         self.weights = weights.detach()
         self.edge_layer = edge_layer
@@ -471,9 +485,7 @@ class RunForecasts:
             )
         return self._targets[key]
 
-    def reference(
-        self, t: int, horizon: int, choice: Mapping[str, str] | None = None
-    ) -> Tensor:
+    def reference(self, t: int, horizon: int, choice: Mapping[str, str] | None = None) -> Tensor:
         """``[E, len(TARGETS)]`` the reference scores a change-aware decoder starts from.
 
         Args:
@@ -499,8 +511,12 @@ class RunForecasts:
 
 
 def select_reference(
-    data: Sequence[RunForecasts], horizons: Sequence[int], *, start: int = 1,
-    stop: int | None = None, recent: int | None = None,
+    data: Sequence[RunForecasts],
+    horizons: Sequence[int],
+    *,
+    start: int = 1,
+    stop: int | None = None,
+    recent: int | None = None,
 ) -> dict[int, dict[str, str]]:
     """Per horizon and target, the closed-form baseline with the best mean AP on past origins
     (outcome before ``stop``; with ``recent``, only outcomes in the last ``recent`` snapshots
@@ -694,8 +710,13 @@ def fit_change_decoder(
 
 
 def decoder_scores(
-    decoder: torch.nn.Module, rf: RunForecasts, z: Tensor | None, edge_index: Tensor, t: int,
-    horizon: int, choice: Mapping[int, Mapping[str, str]] | None = None,
+    decoder: torch.nn.Module,
+    rf: RunForecasts,
+    z: Tensor | None,
+    edge_index: Tensor,
+    t: int,
+    horizon: int,
+    choice: Mapping[int, Mapping[str, str]] | None = None,
 ) -> dict[str, Tensor]:
     """The decoder's scores at origin ``t`` for every target, over every edge."""
     dtype = next(decoder.parameters()).dtype

@@ -221,6 +221,39 @@ def job(args: tuple) -> dict:
     }
 
 
+def embedding_job(args: tuple) -> dict:
+    """Like-for-like geometry check of the embedding itself: the encoder's Fermi-Dirac head on
+    ``z_t`` (encoder output) scoring the links of ``t + 1`` over every edge, t >= split."""
+    task, seed, d, manifold, cfg = args
+    torch.set_num_threads(1)
+    spacing = cfg["geometry_spacing"]
+    run = make_run(task, seed, cfg["snapshots"], spacing, cfg["lr"])
+    train = TemporalParameterGraph(run.source, run.architecture, stop=cfg["split"])
+    t0 = time.perf_counter()
+    enc = fit_encoder(train, d=d, manifold=manifold, epochs=cfg["encoder_epochs"], seed=seed,
+                      lr=1e-2, progress=False)
+    z = enc.embed(run).z
+    aucs, aps = [], []
+    for t in range(cfg["split"], len(run) - 1):
+        links = run.links(t + 1, Q)
+        with torch.no_grad():
+            logits = enc.link_head(z[t], run.edge_index)
+        m = forecast_metrics({"link": logits}, rf_targets(run, t))
+        aucs.append(m["link"]["auc"])
+        aps.append(m["link"]["ap"])
+        assert int(links.sum()) == m["link"]["positives"]
+    return {"task": task, "seed": seed, "d": d, "manifold": manifold, "spacing": spacing,
+            "head_link_auc": _nanmean(aucs), "head_link_ap": _nanmean(aps),
+            "fit_s": round(time.perf_counter() - t0, 2)}
+
+
+def rf_targets(run, t: int):
+    """Forecast targets of ``t -> t + 1`` from a run's edge weights."""
+    from hyperlapse.train.forecast import forecast_targets
+
+    return forecast_targets(run.edge_weights(t), run.edge_weights(t + 1), run.edge_layer, Q)
+
+
 # ------------------------------------------------------------------------------- aggregation
 def aggregate(results: list[dict]) -> list[dict]:
     """Mean and std over seeds per (task, spacing, horizon, method, target)."""
@@ -391,13 +424,50 @@ def _rounded(value, digits: int = 4):
     return value
 
 
+def geometry_check(cfg: dict, dims: list[int], args) -> dict:
+    """Ball vs flat space, like for like, on the embedding's own link head (d in ``dims``)."""
+    cfg = dict(cfg, geometry_spacing=5)
+    t0 = time.perf_counter()
+    jobs = [(task, seed, d, m, cfg) for task in cfg["tasks"] for d in dims
+            for m in ("poincare", "euclidean") for seed in cfg["seeds"]]
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers) as pool:
+            results = list(pool.map(embedding_job, jobs))
+    else:
+        results = [embedding_job(j) for j in jobs]
+    lines = ["| task | d | ball link AUC | flat link AUC | ball link AP | flat link AP |",
+             "|---|---|---|---|---|---|"]
+    for task in cfg["tasks"]:
+        for d in dims:
+            cell = {}
+            for m in ("poincare", "euclidean"):
+                rs = [r for r in results if (r["task"], r["d"], r["manifold"]) == (task, d, m)]
+                cell[m] = {k: (np.mean([r[k] for r in rs]), np.std([r[k] for r in rs]))
+                           for k in ("head_link_auc", "head_link_ap")}
+            fmt = [f"{cell[m][k][0]:.3f}±{cell[m][k][1]:.3f}" for k in ("head_link_auc",
+                   "head_link_ap") for m in ("poincare", "euclidean")]
+            lines.append(f"| {task} | {d} | {fmt[0]} | {fmt[1]} | {fmt[2]} | {fmt[3]} |")
+    report = {"benchmark": "link_sign_prediction/geometry", "machine": machine(),
+              "settings": dict(cfg) | {"dims": dims}, "results": results,
+              "table": "\n".join(lines), "wall_s": round(time.perf_counter() - t0, 1)}
+    print(report["table"])
+    if args.out is not None or not args.quick:
+        out = args.out or Path(__file__).parent / "results" / "link_sign_prediction_geometry.json"
+        out.write_text(json.dumps(_rounded(report), indent=1))
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny setting (a smoke test)")
     parser.add_argument("--out", type=Path, default=None, help="results JSON path")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--geometry-dims", type=str, default=None,
+                        help="only the embedding geometry check at these d (e.g. 2,4,8)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    if args.geometry_dims:
+        return geometry_check(cfg, [int(d) for d in args.geometry_dims.split(",")], args)
     out = args.out
     if out is None and not args.quick:
         out = Path(__file__).parent / "results" / "link_sign_prediction.json"

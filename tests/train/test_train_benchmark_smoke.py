@@ -36,3 +36,18 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert "| moons | 5 | 2 |" in module.table(report["summary"], "new_link")
     md = out.with_suffix(".md").read_text()
     assert "## New links" in md and "## Sign flips" in md and "shared" in md
+
+
+@pytest.mark.slow
+def test_quick_geometry_check(tmp_path):
+    pytest.importorskip("sklearn")
+    spec = importlib.util.spec_from_file_location("link_sign_prediction", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "geo.json"
+    report = module.main(["--quick", "--workers", "1", "--geometry-dims", "2", "--out", str(out)])
+    kinds = {(r["task"], r["manifold"]) for r in report["results"]}
+    assert {(t, m) for t in ("digits", "diabetes", "moons") for m in ("poincare", "euclidean")} \
+        == kinds
+    assert all(0.0 <= r["head_link_auc"] <= 1.0 for r in report["results"])
+    assert json.loads(out.read_text())["settings"]["dims"] == [2]

@@ -238,3 +238,29 @@ def test_frozen_online_encoder_matches_offline_embedding_with_time_gaps(small_ru
     torch.testing.assert_close(torch.stack(zs), enc.embed(run).z)
     uniform = TemporalParameterGraph.from_states(states, arch, steps=list(range(len(states))))
     assert not torch.allclose(enc.embed(uniform).z[2:], enc.embed(run).z[2:])
+
+
+def test_online_baselines_are_the_benchmarks(run_factory):
+    """One definition: at every snapshot the online report's baselines equal RunForecasts's
+    (the benchmark's) at origin t-1, horizon 1, on the same candidates."""
+    from hyperlapse.train.forecast import BASELINES, RunForecasts
+
+    arch, states, steps, _ = run_factory(num=8)
+    online = OnlineEncoder(arch, **{**KW, "geometry_every": 0})
+    reports = [online.update(s, st) for s, st in zip(states, steps, strict=True)]
+    graphs = [ParameterGraph.from_state_dict(s, arch) for s in states]
+    weights = torch.stack([g.edge_weight.double() for g in graphs])
+    gap = float(steps[1] - steps[0])
+    assert all(b - a == gap for a, b in zip(steps[:-1], steps[1:], strict=True))
+    rf = RunForecasts(weights, graphs[0].edge_layer, q=online.config.link_q, gap=gap)
+    for t in range(2, len(states)):
+        want_all = rf.baselines(t - 1, 1)
+        got = reports[t]["scores"]["baselines"]
+        assert set(got) == set(want_all) == set(BASELINES) or t < 3
+        for name, scores in want_all.items():
+            want = forecast_metrics(scores, rf.targets(t - 1, 1))
+            for target, m in want.items():
+                for k in ("auc", "ap"):
+                    a, b = got[name][f"{target}_{k}"], m[k]
+                    assert (a is None and math.isnan(b)) or a == pytest.approx(b, abs=1e-9), (
+                        t, name, target, k)

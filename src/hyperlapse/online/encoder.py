@@ -44,6 +44,7 @@ from ..report.schema import REPORT_SCHEMA, REPORT_SCHEMA_VERSION, Report, jsonab
 from ..train.forecast import (
     BASELINES,
     EDGE_FEATURES,
+    FIT_ORIGINS,
     NUM_LAGS,
     TARGETS,
     EdgeMemory,
@@ -258,7 +259,7 @@ class OnlineEncoder:
         # features of the previous origin (the logistic baseline's latest observed example)
         self._weights: list[Tensor] = []
         self._memory = EdgeMemory()
-        self._prev_features: Tensor | None = None
+        self._past_features: list[Tensor] = []
         self._prev_importance: Tensor | None = None
 
     @property
@@ -279,7 +280,9 @@ class OnlineEncoder:
         held = [*s.summaries, *s.kernel_states, *s.history]
         held += [x for x in (s.z, self.z, self._prev_weight, self._prev_links) if x is not None]
         held += [*self._weights, *self._memory.state()]
-        held += [x for x in (self._prev_features, self._prev_importance) if x is not None]
+        held += self._past_features
+        if self._prev_importance is not None:
+            held.append(self._prev_importance)
         return held
 
     def node_table(self) -> dict[str, Tensor]:
@@ -476,12 +479,16 @@ class OnlineEncoder:
         )
         ft = forecast_targets(self._weights[-1], w_now, layer, self.config.link_q)
         base = {name: baseline_scores(f, name) for name in BASELINES[:3]}
-        if self._prev_features is not None and len(self._weights) >= 2:
-            past = forecast_targets(self._weights[-2], self._weights[-1], layer, self.config.link_q)
-            base["logistic"] = logistic_baseline(
-                f, fit_logistic_targets([(self._prev_features, past)])
-            )
-        self._prev_features = f
+        # the logistic baseline is fitted on the FIT_ORIGINS latest origins (>= 1) whose outcome
+        # is observed, exactly as RunForecasts does in the benchmark
+        examples = []
+        for i, f_past in enumerate(reversed(self._past_features), start=1):
+            w_o, w_next = self._weights[-1 - i], self._weights[-i]
+            examples.append((f_past, forecast_targets(w_o, w_next, layer, self.config.link_q)))
+        if examples:
+            base["logistic"] = logistic_baseline(f, fit_logistic_targets(examples[::-1]))
+        if self.index >= 2:  # origin index - 1 >= 1: it has a delta, as in RunForecasts
+            self._past_features = (self._past_features + [f])[-FIT_ORIGINS:]
         reference = torch.stack([base["extrapolation"][n] for n in TARGETS], dim=1)
         with torch.no_grad():
             logits = self.decoder(self.z.to(torch.float64), graph.edge_index, f, reference)

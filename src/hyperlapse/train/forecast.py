@@ -51,6 +51,7 @@ __all__ = [
     "BASELINES",
     "REFERENCE",
     "NUM_LAGS",
+    "FIT_ORIGINS",
     "EDGE_FEATURES",
     "ForecastTargets",
     "link_thresholds",
@@ -73,6 +74,8 @@ TARGETS: tuple[str, ...] = ("link", "new_link", "sign_flip")
 BASELINES: tuple[str, ...] = ("persistence", "extrapolation", "edgebank", "logistic")
 #: The baseline the change-aware decoder starts from (and a model must beat).
 REFERENCE = "extrapolation"
+#: Past origins the logistic baseline is refitted on at every origin (outcomes observed).
+FIT_ORIGINS = 3
 #: Deltas of the past a forecaster sees: ``w_t - w_{t-1}`` back to ``w_{t-2} - w_{t-3}``.
 NUM_LAGS = 3
 #: Names of the columns of :func:`edge_features`.
@@ -436,7 +439,7 @@ class RunForecasts:
         *,
         q: float = 0.2,
         gap: float = 1.0,
-        fit_origins: int = 3,
+        fit_origins: int = FIT_ORIGINS,
     ) -> None:
         if weights.dim() != 2 or weights.shape[1] != edge_layer.numel():
             raise ConfigError(

@@ -8,7 +8,7 @@ For each snapshot ``t`` (:meth:`OnlineEncoder.update`):
    decoder (:class:`~hyperlapse.nn.change_decoder.ChangeDecoder`: the per-layer-normalised
    extrapolation plus a learned correction from ``z_{t-1}``); beside it, on the same candidates,
    the baselines (persistence, extrapolation, EdgeBank, a logistic regression on recent deltas
-   refitted on the last observed outcome) and the base rates;
+   refitted on the 3 latest observed outcomes) and the base rates;
 2. advance the encoder's recurrent kernels and encode ``t``;
 3. refine ``z_t`` with a few Riemannian Adam steps on ``t``'s links, signs and magnitudes,
    anchored to ``z_{t-1}`` (:func:`hyperlapse.train.refine.refine_snapshot`);

@@ -1,30 +1,35 @@
-"""Link, new-link, sign and magnitude prediction on recorded MLP runs: hyperbolic vs Euclidean.
+"""Forecasting links, new links and sign flips of training MLPs: honest baselines vs the model.
 
 Protocol
 --------
-For each task (scikit-learn's bundled digits = classification, diabetes = regression, and a 2-D
-moons task) and several seeds, a small MLP is trained with SGD and its state dict is kept in memory
-every few steps (``TemporalParameterGraph.from_states``). One encoder per (task, geometry, d) --
-geometries: the Poincare ball at c = 1 and c = 0.1, and flat space -- is trained with
-``fit_encoder`` on the first ``train_frac`` of the snapshots of every seed. On the
-later snapshots ``t``, the embedding of snapshot ``t - 1`` (``embed``: encoder + Riemannian
-refinement, causal) predicts snapshot ``t``:
+Tasks (scikit-learn's bundled data, nothing downloaded): digits 64-32-32-10 (classification),
+diabetes 10-32-32-1 (regression), moons 2-32-32-2 (2-D classification). For every task, seed and
+*spacing* (1, 5 or 25 SGD steps between snapshots), a tanh MLP is trained with SGD (momentum 0.9,
+batch 64) and ``snapshots`` snapshots are kept in memory. The first ``split`` snapshots are the
+past a model may train on; origins ``t >= split`` are evaluated, predicting snapshot ``t + h``
+from snapshots ``<= t`` at horizons ``h`` = 1, 5 and 20 snapshots.
 
-* links: top 20 % of ``|w|`` per layer, scored over every edge by the Fermi-Dirac decoder (AUC, AP);
-* new links: links at ``t`` that were not links at ``t - 1``, among the non-links of ``t - 1``;
-* signs of the links at ``t`` (accuracy of ``sign logit > 0``);
-* magnitudes: Spearman correlation of the predicted ``log|w|`` with ``|w_t|`` over every edge.
+Targets, candidates and baselines are those of :mod:`hyperlapse.train.forecast` (one definition,
+shared with the online reports): links (top 20 % of ``|w|`` per layer), new links (among the
+non-links of ``t``) and sign flips (among the edges with ``w_t != 0``), every candidate scored,
+nothing sampled. Baselines: persistence and linear extrapolation normalised per layer by the link
+threshold, EdgeBank ("was ever a link", ``|w|`` tie-break), and a logistic regression on recent
+deltas refitted at every origin on the latest outcomes already observed.
 
-Baselines: ``previous`` (the trivial one: the links and signs of snapshot ``t - 1``; for new links
-it scores every candidate 0, i.e. chance) and ``previous |w|`` (the magnitudes of ``t - 1`` as
-scores: a much stronger persistence baseline, reported for honesty).
+Model: a TemporalEncoder (``d`` = 8, change features and time gaps as inputs) fitted
+self-supervised on the first ``split`` snapshots, then a change-aware decoder
+(:class:`hyperlapse.nn.change_decoder.ChangeDecoder`): the extrapolation baseline plus a learned
+correction from the endpoints' embeddings and the edge's recent history, zero at
+initialisation, trained on the origins whose outcome lies before ``split``. Run on the ball
+(c = 1) and in flat space (like for like), and without embeddings (``history-only``: the same
+decoder on the edge history alone, isolating what the embeddings add).
 
-Also timed: one snapshot forward (no grad) and forward + backward at the 784-256-256-10 size with
-the default sparsification.
+Metrics per origin: AUC and AP (and the base rate) on each target's candidates; mean over origins
+per run, then mean and standard deviation over seeds.
 
-Scaled to run in under 8 minutes on 2 cores (about 4 on a shared one): 3 seeds, 20 snapshots 5
-SGD steps apart, 10 epochs, 20 refinement steps; ``--quick`` (1 seed, 5 snapshots, 1 epoch, d = 2)
-runs in seconds and is the smoke test in ``tests/train``.
+Cost: every job runs with ``torch.set_num_threads(1)``; the full setting takes a few minutes on
+2 cores (``--workers 2``); ``--quick`` (1 seed, spacing 5, 10 snapshots, d = 2) runs in seconds
+and is the smoke test in ``tests/train``.
 
 Usage: ``python benchmarks/link_sign_prediction.py [--quick] [--out PATH] [--workers N]``.
 """
@@ -46,41 +51,48 @@ import torch
 import torch.nn.functional as F
 
 from hyperlapse import describe_mlp
-from hyperlapse.graph.parameter_graph import ParameterGraph
 from hyperlapse.graph.temporal import TemporalParameterGraph
-from hyperlapse.nn.encoder import TemporalEncoder
+from hyperlapse.nn.change_decoder import ChangeDecoder
 from hyperlapse.train.fit import fit_encoder
-from hyperlapse.train.losses import loss_terms
-from hyperlapse.train.metrics import accuracy, average_precision, roc_auc, spearman
+from hyperlapse.train.forecast import (
+    BASELINES,
+    EDGE_FEATURES,
+    TARGETS,
+    RunForecasts,
+    decoder_scores,
+    fit_change_decoder,
+    forecast_metrics,
+    select_reference,
+)
 from hyperlapse.train.synthetic import make_mlp, train_states
-from hyperlapse.train.targets import snapshot_targets
 
 FULL = {
     "tasks": ["digits", "diabetes", "moons"],
     "seeds": [0, 1, 2],
-    "snapshots": 20,
-    "every": 5,
-    "dims": [2, 4, 8, 16],
-    "manifolds": ["poincare", "euclidean"],
-    "curvatures": [1.0, 0.1],
-    "epochs": 10,
-    "refine_steps": 20,
-    "refine_lr": 0.1,
-    "train_frac": 0.5,
-    "timing_reps": 5,
+    "spacings": [1, 5, 25],
+    "horizons": [1, 5, 20],
+    "snapshots": 48,
+    "split": 24,
+    "geometries": ["poincare", "euclidean"],
+    "d": 8,
+    "encoder_epochs": 2,
+    "decoder_epochs": 150,
+    "lr": 0.05,
 }
 QUICK = {
     **FULL,
     "seeds": [0],
-    "snapshots": 5,
-    "every": 2,
-    "dims": [2],
-    "epochs": 1,
-    "refine_steps": 2,
-    "timing_reps": 1,
+    "spacings": [5],
+    "horizons": [1, 2],
+    "snapshots": 10,
+    "split": 6,
+    "d": 2,
+    "encoder_epochs": 1,
+    "decoder_epochs": 5,
 }
 HIDDEN = 32
 Q = 0.2
+MODELS = ("poincare", "euclidean", "history-only")
 
 
 # ------------------------------------------------------------------------------- trajectories
@@ -104,164 +116,193 @@ def task_data(task: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, int, ob
     raise ValueError(f"Unknown task {task!r}.")
 
 
-def make_run(task: str, seed: int, snapshots: int, every: int) -> TemporalParameterGraph:
+def make_run(task: str, seed: int, snapshots: int, every: int, lr: float = 0.05):
+    """A recorded SGD run of the task's MLP: ``snapshots`` states ``every`` steps apart."""
     x, y, out, loss = task_data(task, seed)
     widths = [x.shape[1], HIDDEN, HIDDEN, out]
     torch.manual_seed(seed)
     model = make_mlp(widths)
     states, steps = train_states(
-        model,
-        x,
-        y,
-        loss,
-        steps=(snapshots - 1) * every,
-        every=every,
-        lr=0.05,
-        batch_size=64,
+        model, x, y, loss, steps=(snapshots - 1) * every, every=every, lr=lr, batch_size=64,
         seed=seed,
     )
     return TemporalParameterGraph.from_states(states, describe_mlp(model), steps=steps)
 
 
 # ------------------------------------------------------------------------------- evaluation
-def _mean(values: list[float]) -> float:
+def _evaluate(score_fn, rf: RunForecasts, horizons, split: int) -> dict:
+    """``{h: {target: {"auc", "ap", "base_rate"}}}``: means over the origins ``t >= split``."""
+    out = {}
+    for h in horizons:
+        rows = []
+        for t in rf.origins(h, split):
+            scores = score_fn(t, h)
+            if scores is not None:
+                rows.append(forecast_metrics(scores, rf.targets(t, h)))
+        out[str(h)] = {
+            name: {
+                k: _nanmean([r[name][k] for r in rows]) for k in ("auc", "ap", "base_rate")
+            }
+            for name in TARGETS
+        } | {"origins": len(rows)}
+    return out
+
+
+def _nanmean(values: list[float]) -> float:
     values = [v for v in values if not math.isnan(v)]
     return float(np.mean(values)) if values else math.nan
 
 
-def _scores(link_score, mag_score, sign_pred, prev_links, links, weight) -> dict[str, float]:
-    new = links & ~prev_links
-    cand = ~prev_links
-    on = links
-    return {
-        "link_auc": roc_auc(link_score, links),
-        "link_ap": average_precision(link_score, links),
-        "new_link_auc": roc_auc(link_score[cand], new[cand]) if new.any() else math.nan,
-        "new_link_ap": average_precision(link_score[cand], new[cand]) if new.any() else math.nan,
-        "sign_acc": accuracy(sign_pred[on], (weight[on] > 0).long()),
-        "magnitude_spearman": spearman(mag_score, weight.abs()),
-    }
-
-
-def evaluate_run(
-    encoder: TemporalEncoder | None, run, start: int, refine_steps: int, refine_lr: float = 0.02
-) -> dict:
-    """Mean metrics over snapshots ``t >= start`` predicted from ``t - 1``, for a model or the
-    baselines (``encoder=None``)."""
-    per: dict[str, list[dict[str, float]]] = {}
-    if encoder is not None:
-        with torch.no_grad():
-            emb = encoder.embed(run, refine_steps=refine_steps, refine_lr=refine_lr)
-        variants = {"refined": emb.z}
-        if emb.z_encoder is not None:
-            variants["encoder"] = emb.z_encoder
-    for t in range(max(start, 1), len(run)):
-        g_prev, g = run[t - 1], run[t]
-        prev_links, links = g_prev.links(Q), g.links(Q)
-        weight = g.edge_weight
-        if encoder is None:
-            prev_w = g_prev.edge_weight
-            per.setdefault("previous", []).append(
-                _scores(
-                    prev_links.double(),
-                    prev_w.abs(),
-                    (prev_w > 0).long(),
-                    prev_links,
-                    links,
-                    weight,
-                )
-            )
-            per.setdefault("previous_abs_w", []).append(
-                _scores(prev_w.abs(), prev_w.abs(), (prev_w > 0).long(), prev_links, links, weight)
-            )
-            continue
-        pairs = g.edge_index
-        ids = g.node_identity
-        for name, zs in variants.items():
-            z = zs[t - 1]
-            with torch.no_grad():
-                logit = encoder.link_head(z, pairs)
-                log_mag, sign_logit = encoder.weight_head(z, ids, pairs)
-            per.setdefault(name, []).append(
-                _scores(logit, log_mag, (sign_logit > 0).long(), prev_links, links, weight)
-            )
-    return {name: {k: _mean([r[k] for r in rows]) for k in rows[0]} for name, rows in per.items()}
-
-
-def _average(results: list[dict]) -> dict:
-    names = results[0].keys()
-    return {
-        name: {k: _mean([r[name][k] for r in results]) for k in results[0][name]} for name in names
-    }
-
-
 def job(args: tuple) -> dict:
-    """One (task, manifold, d) cell: fit on the early snapshots of every seed, evaluate late."""
-    task, manifold, d, cfg, c = (*args, 1.0) if len(args) == 4 else args
+    """One (task, seed, spacing): baselines and models on the same candidates."""
+    task, seed, spacing, cfg = args
     torch.set_num_threads(1)
-    runs = [make_run(task, s, cfg["snapshots"], cfg["every"]) for s in cfg["seeds"]]
-    split = max(2, int(round(cfg["train_frac"] * cfg["snapshots"])))
-    train = [TemporalParameterGraph(r.source, r.architecture, stop=split) for r in runs]
     t0 = time.perf_counter()
-    if manifold is None:
-        metrics = _average([evaluate_run(None, r, split, 0) for r in runs])
-        return {"task": task, "model": "baseline", "metrics": metrics, "fit_s": 0.0}
-    enc = fit_encoder(
-        train, d=d, manifold=manifold, c=c, epochs=cfg["epochs"], seed=0, lr=1e-2, progress=False
-    )
-    fit_s = time.perf_counter() - t0
-    metrics = _average(
-        [evaluate_run(enc, r, split, cfg["refine_steps"], cfg["refine_lr"]) for r in runs]
-    )
+    run = make_run(task, seed, cfg["snapshots"], spacing, cfg["lr"])
+    weights = torch.stack([run.edge_weights(t) for t in range(len(run))]).to(torch.float64)
+    edge_layer, edge_index = run.edge_layer, run.edge_index
+    rf = RunForecasts(weights, edge_layer, q=Q, gap=float(spacing))
+    horizons, split = cfg["horizons"], cfg["split"]
+    methods: dict[str, dict] = {}
+    cache: dict[tuple[int, int], dict] = {}
+
+    def baseline(name):
+        def score(t, h):
+            if (t, h) not in cache:
+                cache[(t, h)] = rf.baselines(t, h)
+            return cache[(t, h)].get(name)
+
+        return score
+
+    for name in BASELINES:
+        methods[name] = _evaluate(baseline(name), rf, horizons, split)
+    fit_s = {}
+    # the decoders start from the closed-form baseline that was strongest on the past
+    choice = select_reference([rf], horizons, start=1, stop=split, recent=split // 4)
+    for model in MODELS:
+        t1 = time.perf_counter()
+        z, manifold, d = None, None, 0
+        if model != "history-only":
+            train = TemporalParameterGraph(run.source, run.architecture, stop=split)
+            enc = fit_encoder(
+                train, d=cfg["d"], manifold=model, epochs=cfg["encoder_epochs"], seed=seed,
+                lr=1e-2, progress=False,
+            )
+            z = enc.embed(run).z.to(torch.float64)
+            manifold, d = enc.manifold, cfg["d"]
+        else:
+            from hyperlapse.geometry.ball import make_manifold
+
+            manifold = make_manifold("euclidean")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            dec = ChangeDecoder(d, len(EDGE_FEATURES), len(TARGETS), manifold=manifold).double()
+        losses = fit_change_decoder(
+            dec, [(rf, z, edge_index)], horizons, start=1, stop=split,
+            epochs=cfg["decoder_epochs"], choice=choice, seed=seed,
+        )
+        methods[model] = _evaluate(
+            lambda t, h, dec=dec, z=z: decoder_scores(dec, rf, z, edge_index, t, h, choice),
+            rf, horizons, split,
+        )
+        methods[model]["decoder_loss"] = [losses[0], losses[-1]]
+        methods[model]["decoder_epoch"] = dec.fit_info["epoch"]
+        fit_s[model] = round(time.perf_counter() - t1, 2)
     return {
         "task": task,
-        "model": manifold if manifold == "euclidean" else f"poincare_c{c:g}",
-        "d": d,
-        "c": c if manifold == "poincare" else 0.0,
-        "metrics": metrics,
-        "fit_s": round(fit_s, 2),
-        "final_train_loss": enc.history[-1] if enc.history else None,
+        "seed": seed,
+        "spacing": spacing,
+        "widths": run.widths,
+        "num_edges": int(weights.shape[1]),
+        "methods": methods,
+        "reference": {str(h): c for h, c in choice.items()},
+        "fit_s": fit_s,
+        "wall_s": round(time.perf_counter() - t0, 2),
     }
 
 
-# ------------------------------------------------------------------------------- timing
-def time_big(reps: int) -> dict:
+def embedding_job(args: tuple) -> dict:
+    """Like-for-like geometry check of the embedding itself: the encoder's Fermi-Dirac head on
+    ``z_t`` (encoder output) scoring the links of ``t + 1`` over every edge, t >= split."""
+    task, seed, d, manifold, cfg = args
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    widths = [784, 256, 256, 10]
-    g = ParameterGraph.from_module(make_mlp(widths, torch.nn.ReLU))
-    enc = TemporalEncoder(in_features=g.x.shape[1], num_identities=g.num_identities)
-    snap = enc.prepare(g)
-    targets = snapshot_targets(snap, q=Q)
-    state = enc.init_state()
-    for _ in range(2):  # warm-up, fills the window
+    spacing = cfg["geometry_spacing"]
+    run = make_run(task, seed, cfg["snapshots"], spacing, cfg["lr"])
+    train = TemporalParameterGraph(run.source, run.architecture, stop=cfg["split"])
+    t0 = time.perf_counter()
+    enc = fit_encoder(train, d=d, manifold=manifold, epochs=cfg["encoder_epochs"], seed=seed,
+                      lr=1e-2, progress=False)
+    z = enc.embed(run).z
+    aucs, aps = [], []
+    for t in range(cfg["split"], len(run) - 1):
+        links = run.links(t + 1, Q)
         with torch.no_grad():
-            _, state = enc.step(snap, state)
-    fwd, both = [], []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            enc.step(snap, state)
-        fwd.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        z, _ = enc.step(snap, state)
-        loss_terms(enc, z, targets)["total"].backward()
-        both.append(time.perf_counter() - t0)
-    return {
-        "widths": widths,
-        "config": {
-            k: getattr(enc.config, k) for k in ("d", "heads", "layers", "window", "sparsify_k")
-        },
-        "num_edges": g.num_edges,
-        "message_edges": int(snap.msg_edge_index.shape[1]),
-        "loss_pairs": int(targets.pairs.shape[1]),
-        "forward_ms": round(1e3 * float(np.median(fwd)), 1),
-        "forward_backward_ms": round(1e3 * float(np.median(both)), 1),
-        "backward_ms": round(1e3 * (float(np.median(both)) - float(np.median(fwd))), 1),
-        "threads": 1,
-    }
+            logits = enc.link_head(z[t], run.edge_index)
+        m = forecast_metrics({"link": logits}, rf_targets(run, t))
+        aucs.append(m["link"]["auc"])
+        aps.append(m["link"]["ap"])
+        assert int(links.sum()) == m["link"]["positives"]
+    return {"task": task, "seed": seed, "d": d, "manifold": manifold, "spacing": spacing,
+            "head_link_auc": _nanmean(aucs), "head_link_ap": _nanmean(aps),
+            "fit_s": round(time.perf_counter() - t0, 2)}
 
 
+def rf_targets(run, t: int):
+    """Forecast targets of ``t -> t + 1`` from a run's edge weights."""
+    from hyperlapse.train.forecast import forecast_targets
+
+    return forecast_targets(run.edge_weights(t), run.edge_weights(t + 1), run.edge_layer, Q)
+
+
+# ------------------------------------------------------------------------------- aggregation
+def aggregate(results: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (task, spacing, horizon, method, target)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        for method, per_h in r["methods"].items():
+            for h, per_target in per_h.items():
+                if not h.isdigit():
+                    continue
+                for target in TARGETS:
+                    key = (r["task"], r["spacing"], int(h), method, target)
+                    groups.setdefault(key, []).append(per_target[target])
+    rows = []
+    for (task, spacing, h, method, target), vals in sorted(groups.items()):
+        row = {"task": task, "spacing": spacing, "horizon": h, "method": method, "target": target,
+               "seeds": len(vals)}
+        for k in ("ap", "auc", "base_rate"):
+            xs = [v[k] for v in vals if not math.isnan(v[k])]
+            row[k] = float(np.mean(xs)) if xs else math.nan
+            row[k + "_std"] = float(np.std(xs)) if len(xs) > 1 else (0.0 if xs else math.nan)
+        rows.append(row)
+    return rows
+
+
+def verdicts(rows: list[dict], model: str) -> list[dict]:
+    """Per (task, spacing, horizon >= 5, target in new_link/sign_flip): does ``model`` beat the
+    strongest baseline's mean AP by more than the larger of the two seed spreads?"""
+    index = {(r["task"], r["spacing"], r["horizon"], r["method"], r["target"]): r for r in rows}
+    out = []
+    cells = {(r["task"], r["spacing"], r["horizon"], r["target"]) for r in rows}
+    for task, spacing, h, target in sorted(cells):
+        if h < 5 or target == "link" or (task, spacing, h, model, target) not in index:
+            continue
+        m = index[(task, spacing, h, model, target)]
+        base = [index[(task, spacing, h, b, target)] for b in BASELINES
+                if (task, spacing, h, b, target) in index]
+        base = [b for b in base if not math.isnan(b["ap"])]
+        if not base or math.isnan(m["ap"]):
+            continue
+        best = max(base, key=lambda b: b["ap"])
+        margin = m["ap"] - best["ap"]
+        spread = max(m["ap_std"], best["ap_std"])
+        out.append({"task": task, "spacing": spacing, "horizon": h, "target": target,
+                    "model_ap": m["ap"], "best_baseline": best["method"], "best_ap": best["ap"],
+                    "margin": margin, "spread": spread, "beats": margin > spread})
+    return out
+
+
+# ------------------------------------------------------------------------------- report
 def machine() -> dict:
     return {
         "platform": platform.platform(),
@@ -269,64 +310,151 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
+        "threads_per_job": 1,
     }
 
 
-# ------------------------------------------------------------------------------- report
-def table(results: list[dict], variants: tuple[str, ...] | None = None) -> str:
-    """A markdown table of the results (model rows restricted to ``variants`` if given)."""
-    cols = ["link_auc", "link_ap", "new_link_auc", "new_link_ap", "sign_acc", "magnitude_spearman"]
+def _cell(row: dict | None) -> str:
+    if row is None or math.isnan(row["ap"]):
+        return "-"
+    return f"{row['ap']:.3f}±{row['ap_std']:.3f} ({row['auc']:.3f})"
+
+
+def table(rows: list[dict], target: str) -> str:
+    """Markdown: one line per (task, spacing, horizon); AP ± std (AUC) per method."""
+    methods = [*BASELINES, *MODELS]
+    index = {(r["task"], r["spacing"], r["horizon"], r["method"]): r
+             for r in rows if r["target"] == target}
     lines = [
-        "| task | model | d | " + " | ".join(cols) + " |",
-        "|" + "---|" * (len(cols) + 3),
+        "| task | spacing | h | base rate | " + " | ".join(methods) + " |",
+        "|" + "---|" * (len(methods) + 4),
     ]
-    for r in results:
-        for variant, m in r["metrics"].items():
-            if variants is not None and r["model"] != "baseline" and variant not in variants:
-                continue
-            name = r["model"] if r["model"] == "baseline" else f"{r['model']} ({variant})"
-            if r["model"] == "baseline":
-                name = variant
-            vals = " | ".join(f"{m[c]:.3f}" for c in cols)
-            lines.append(f"| {r['task']} | {name} | {r.get('d', '-')} | {vals} |")
+    keys = sorted({(r["task"], r["spacing"], r["horizon"]) for r in rows},
+                  key=lambda k: (k[0], k[1], k[2]))
+    for task, spacing, h in keys:
+        any_row = index.get((task, spacing, h, "persistence"))
+        rate = "-" if any_row is None else f"{any_row['base_rate']:.4f}"
+        cells = [_cell(index.get((task, spacing, h, m))) for m in methods]
+        lines.append(f"| {task} | {spacing} | {h} | {rate} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def compact_table(results: list[dict]) -> str:
-    """Models side by side per task and d (cells: "poincare c=1 / poincare c=0.1 / euclidean")."""
-    pairs = [
-        ("encoder", "link_auc", "link AUC (enc)"),
-        ("refined", "link_auc", "link AUC"),
-        ("refined", "link_ap", "link AP"),
-        ("refined", "new_link_auc", "new-link AUC"),
-        ("refined", "new_link_ap", "new-link AP"),
-        ("refined", "sign_acc", "sign acc"),
-        ("refined", "magnitude_spearman", "magnitude rho"),
-    ]
+def geometry_comparison(rows: list[dict]) -> dict:
+    """Cells (task, spacing, h >= 5, rare target) where the ball's mean AP is >= flat space's."""
+    index = {(r["task"], r["spacing"], r["horizon"], r["method"], r["target"]): r for r in rows}
+    cells = []
+    for (task, spacing, h, method, target), r in index.items():
+        if method != "poincare" or target == "link":
+            continue
+        e = index.get((task, spacing, h, "euclidean", target))
+        if e is None or math.isnan(r["ap"]) or math.isnan(e["ap"]):
+            continue
+        cells.append({"task": task, "spacing": spacing, "horizon": h, "target": target,
+                      "poincare": r["ap"], "euclidean": e["ap"], "diff": r["ap"] - e["ap"],
+                      "spread": max(r["ap_std"], e["ap_std"])})
+    return {
+        "cells": len(cells),
+        "poincare_ge": sum(c["diff"] >= 0 for c in cells),
+        "poincare_better_beyond_spread": sum(c["diff"] > c["spread"] for c in cells),
+        "euclidean_better_beyond_spread": sum(-c["diff"] > c["spread"] for c in cells),
+        "identical": sum(c["diff"] == 0 for c in cells),
+        "per_cell": cells,
+    }
+
+
+def markdown(report: dict) -> str:
+    """The results summary written next to the JSON."""
+    rows = report["summary"]
+    cfg = report["settings"]
+    mach = report["machine"]
     lines = [
-        "| task | d | " + " | ".join(p[2] for p in pairs) + " |",
-        "|" + "---|" * (len(pairs) + 2),
+        "# Forecasting links, new links and sign flips: baselines vs the change-aware model",
+        "",
+        f"Generated by `benchmarks/link_sign_prediction.py` ({report['mode']} mode). Machine: "
+        f"{mach['processor']}, {mach['cpu_count']} cores **shared with other jobs running** "
+        f"(several engineers' test suites and benchmarks), {mach['platform']}, Python "
+        f"{mach['python']}, torch {mach['torch']}; every job runs with "
+        f"`torch.set_num_threads(1)`, {cfg['workers']} worker processes. Wall time "
+        f"{report['wall_s']} s (on the shared machine; the accuracy figures do not depend on it).",
+        "",
+        f"Setting: tasks {cfg['tasks']}, seeds {cfg['seeds']}, snapshots {cfg['snapshots']} "
+        f"spaced {cfg['spacings']} SGD steps apart, horizons {cfg['horizons']} snapshots, "
+        f"models trained on snapshots < {cfg['split']} and evaluated on origins >= "
+        f"{cfg['split']}; d = {cfg['d']}. Cells: AP ± std over seeds (AUC), mean over origins; "
+        "base rate = fraction of positives among the candidates (the AP of a random ranking).",
+        "",
     ]
-    cell = {(r["task"], r["model"], r.get("d")): r["metrics"] for r in results}
-    tasks = list(dict.fromkeys(r["task"] for r in results))
-    dims = sorted({r["d"] for r in results if r["model"] != "baseline"})
-    models = list(dict.fromkeys(r["model"] for r in results if r["model"] != "baseline"))
-    models = sorted(models, key=lambda m: (m == "euclidean", m))
-    for task in tasks:
-        base = cell[(task, "baseline", None)]
-        for name, label in (
-            ("previous", "previous (trivial)"),
-            ("previous_abs_w", "previous abs(w)"),
-        ):
-            vals = [f"{base[name][m]:.3f}" for v, m, _ in pairs]
-            lines.append(f"| {task} | {label} | " + " | ".join(vals) + " |")
+    for target, title in (("new_link", "New links"), ("sign_flip", "Sign flips"),
+                          ("link", "Links (all edges)")):
+        lines += [f"## {title}", "", table(rows, target), ""]
+    lines += ["## Targets", ""]
+    for model in MODELS:
+        v = report["verdicts"][model]
+        wins = [c for c in v if c["beats"]]
+        margins = [c["margin"] for c in v]
+        if not margins:
+            lines.append(f"* **{model}**: no cell with h >= 5 in this setting.")
+            continue
+        lines.append(
+            f"* **{model}** beats the strongest baseline's AP by more than the seed spread in "
+            f"{len(wins)} of {len(v)} cells (h >= 5, new links and sign flips; margin over the "
+            f"best baseline: median {np.median(margins):+.3f}, best {max(margins):+.3f}, worst "
+            f"{min(margins):+.3f})."
+        )
+    g = report["geometry"]
+    lines += [
+        "",
+        f"Hyperbolic vs Euclidean (d = {cfg['d']}, same cells): ball AP >= flat AP in "
+        f"{g['poincare_ge']} of {g['cells']} (identical in {g['identical']}: both decoders kept "
+        f"their untrained start, the baseline); ball better by more than the spread in "
+        f"{g['poincare_better_beyond_spread']}, flat better by more than the spread in "
+        f"{g['euclidean_better_beyond_spread']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _rounded(value, digits: int = 4):
+    """Floats rounded for the results file (NaN -> null)."""
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v, digits) for v in value]
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, digits)
+    return value
+
+
+def geometry_check(cfg: dict, dims: list[int], args) -> dict:
+    """Ball vs flat space, like for like, on the embedding's own link head (d in ``dims``)."""
+    cfg = dict(cfg, geometry_spacing=5)
+    t0 = time.perf_counter()
+    jobs = [(task, seed, d, m, cfg) for task in cfg["tasks"] for d in dims
+            for m in ("poincare", "euclidean") for seed in cfg["seeds"]]
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers) as pool:
+            results = list(pool.map(embedding_job, jobs))
+    else:
+        results = [embedding_job(j) for j in jobs]
+    lines = ["| task | d | ball link AUC | flat link AUC | ball link AP | flat link AP |",
+             "|---|---|---|---|---|---|"]
+    for task in cfg["tasks"]:
         for d in dims:
-            found = [cell.get((task, model, d)) for model in models]
-            if any(f is None for f in found):
-                continue
-            vals = [" / ".join(f"{f[v][m]:.3f}" for f in found) for v, m, _ in pairs]
-            lines.append(f"| {task} | {d} | " + " | ".join(vals) + " |")
-    return "\n".join(lines) + "\n\nCells: " + " / ".join(models) + "."
+            cell = {}
+            for m in ("poincare", "euclidean"):
+                rs = [r for r in results if (r["task"], r["d"], r["manifold"]) == (task, d, m)]
+                cell[m] = {k: (np.mean([r[k] for r in rs]), np.std([r[k] for r in rs]))
+                           for k in ("head_link_auc", "head_link_ap")}
+            fmt = [f"{cell[m][k][0]:.3f}±{cell[m][k][1]:.3f}" for k in ("head_link_auc",
+                   "head_link_ap") for m in ("poincare", "euclidean")]
+            lines.append(f"| {task} | {d} | {fmt[0]} | {fmt[1]} | {fmt[2]} | {fmt[3]} |")
+    report = {"benchmark": "link_sign_prediction/geometry", "machine": machine(),
+              "settings": dict(cfg) | {"dims": dims}, "results": results,
+              "table": "\n".join(lines), "wall_s": round(time.perf_counter() - t0, 1)}
+    print(report["table"])
+    if args.out is not None or not args.quick:
+        out = args.out or Path(__file__).parent / "results" / "link_sign_prediction_geometry.json"
+        out.write_text(json.dumps(_rounded(report), indent=1))
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -334,40 +462,43 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny setting (a smoke test)")
     parser.add_argument("--out", type=Path, default=None, help="results JSON path")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--geometry-dims", type=str, default=None,
+                        help="only the embedding geometry check at these d (e.g. 2,4,8)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    if args.geometry_dims:
+        return geometry_check(cfg, [int(d) for d in args.geometry_dims.split(",")], args)
     out = args.out
     if out is None and not args.quick:
         out = Path(__file__).parent / "results" / "link_sign_prediction.json"
     t0 = time.perf_counter()
-    jobs = [(task, None, None, cfg) for task in cfg["tasks"]]
-    models = [("euclidean", 1.0)] + [("poincare", c) for c in cfg["curvatures"]]
-    if "poincare" not in cfg["manifolds"]:
-        models = [mc for mc in models if mc[0] != "poincare"]
-    jobs += [(t, m, d, cfg, c) for t in cfg["tasks"] for d in cfg["dims"] for m, c in models]
+    jobs = [(task, seed, spacing, cfg) for task in cfg["tasks"] for spacing in cfg["spacings"]
+            for seed in cfg["seeds"]]
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
             results = list(pool.map(job, jobs))
     else:
         results = [job(j) for j in jobs]
-    timing = time_big(cfg["timing_reps"])
+    rows = aggregate(results)
     report = {
         "benchmark": "link_sign_prediction",
         "mode": "quick" if args.quick else "full",
         "machine": machine(),
-        "settings": {k: v for k, v in cfg.items()} | {"hidden": HIDDEN, "q": Q, "lr": 1e-2},
+        "settings": dict(cfg) | {"hidden": HIDDEN, "q": Q, "workers": args.workers},
         "results": results,
-        "timing_784_256_256_10": timing,
+        "summary": rows,
+        "verdicts": {m: verdicts(rows, m) for m in MODELS},
+        "geometry": geometry_comparison(rows),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    print(table(results))
-    print()
-    print(compact_table(results))
-    print(json.dumps(timing))
+    for target in ("new_link", "sign_flip"):
+        print(f"\n{target}: AP ± std over seeds (AUC)")
+        print(table(rows, target))
     print(f"wall {report['wall_s']} s")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2, default=float))
+        out.write_text(json.dumps(_rounded(report), indent=1))
+        out.with_suffix(".md").write_text(markdown(report))
     return report
 
 

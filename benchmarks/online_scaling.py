@@ -36,6 +36,7 @@ from torch import nn
 from hyperlapse import LiveReport, TrajectoryRecorder, describe_mlp
 from hyperlapse.graph.parameter_graph import ParameterGraph
 from hyperlapse.online.encoder import OnlineEncoder
+from hyperlapse.train.embed import embed_refined
 
 SIZES = {"784-256-256-10": [784, 256, 256, 10], "64-64-32-10": [64, 64, 32, 10]}
 
@@ -114,7 +115,7 @@ def reencode(widths: list[int], T: int) -> dict:
     graphs = [ParameterGraph.from_state_dict(s, arch) for s in states]
     encoder = online.encoder
     start = time.perf_counter()
-    encoder.embed(graphs, refine_steps=online.refine_steps, refine_lr=online.refine_lr)
+    embed_refined(encoder, graphs, refine_steps=online.refine_steps, refine_lr=online.refine_lr)
     full = time.perf_counter() - start
     return {"T": T, "online_update_s": one, "reencode_history_s": full, "speedup": full / one}
 

@@ -71,7 +71,8 @@ def test_exp_log_roundtrips(manifold, dtype, seed):
     u = B.logmap(x, y, manifold=manifold)
     torch.testing.assert_close(B.expmap(x, u, manifold=manifold), y, **tol(dtype))
     # the norm of log_x(y), measured with the metric at x, is the distance
-    lam = 1.0 if B.is_flat(manifold) else 2 / (1 - manifold.c * x.pow(2).sum(-1))
+    flat = B.FLAT_METRIC_SCALE
+    lam = flat if B.is_flat(manifold) else 2 / (1 - manifold.c * x.pow(2).sum(-1))
     torch.testing.assert_close(lam * u.norm(dim=-1), B.dist(x, y, manifold=manifold), **tol(dtype))
     # dim other than -1 gives the same result
     torch.testing.assert_close(
@@ -160,8 +161,9 @@ def test_euclidean_reduces_to_flat_formulas():
     assert torch.equal(B.mobius_add(x, y, manifold=e), x + y)
     assert torch.equal(B.logmap(x, y, manifold=e), y - x)
     assert torch.equal(B.expmap(x, v, manifold=e), x + v)
-    torch.testing.assert_close(B.dist(x, y, manifold=e), (x - y).norm(dim=-1))
-    torch.testing.assert_close(B.dist0(x, manifold=e), x.norm(dim=-1))
+    # the flat metric is the ball's at the origin, 4 |dx|^2: distances are 2 |x - y|
+    torch.testing.assert_close(B.dist(x, y, manifold=e), 2 * (x - y).norm(dim=-1))
+    torch.testing.assert_close(B.dist0(x, manifold=e), 2 * x.norm(dim=-1))
     w = torch.rand(10, generator=g, dtype=torch.float64)
     torch.testing.assert_close(
         B.weighted_midpoint(x, w, manifold=e, reducedim=0), (w[:, None] * x).sum(0) / w.sum()
@@ -176,9 +178,13 @@ def test_small_curvature_tends_to_flat(dtype):
     g = torch.Generator().manual_seed(3)
     x, y = (torch.randn(8, 3, generator=g).to(dtype) for _ in range(2))
     w = torch.rand(8, generator=g).to(dtype)
-    # geoopt's ball has lambda_0 = 2: distances are twice the flat ones as c -> 0
+    # geoopt's ball has lambda_0 = 2: as c -> 0 its distances tend to the flat ones
+    flat = B.make_manifold("euclidean")
     torch.testing.assert_close(
-        B.dist(x, y, manifold=ball), 2 * (x - y).norm(dim=-1), rtol=1e-3, atol=1e-3
+        B.dist(x, y, manifold=ball), B.dist(x, y, manifold=flat), rtol=1e-3, atol=1e-3
+    )
+    torch.testing.assert_close(
+        B.dist0(x, manifold=ball), B.dist0(x, manifold=flat), rtol=1e-3, atol=1e-3
     )
     torch.testing.assert_close(
         B.weighted_midpoint(x, w, manifold=ball, reducedim=0),

@@ -14,6 +14,7 @@ from hyperlapse import TemporalEncoder, describe_mlp
 from hyperlapse.errors import ConfigError
 from hyperlapse.graph.permute import node_permutation, permute_hidden
 from hyperlapse.graph.temporal import TemporalParameterGraph
+from hyperlapse.train.embed import embed_refined
 from hyperlapse.train.synthetic import make_mlp
 
 
@@ -36,10 +37,10 @@ def _permuted_run(run, seed):
 def test_embeddings_permute_with_the_hidden_neurons(run, sparsify_k):
     """Default settings, encoder + refinement, float64: z' = z[perm] (features are float32)."""
     enc = make_encoder(run, sparsify_k=sparsify_k)
-    emb = enc.embed(run)
+    emb = embed_refined(enc, run)
     perm_run, node_perm = _permuted_run(run, seed=1)
     assert not torch.equal(node_perm, torch.arange(node_perm.numel()))
-    emb_p = enc.embed(perm_run)
+    emb_p = embed_refined(enc, perm_run)
     torch.testing.assert_close(emb_p.z, emb.z[:, node_perm], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(emb_p.z_encoder, emb.z_encoder[:, node_perm], rtol=1e-5, atol=1e-5)
     for key, value in emb.layer_stats().items():
@@ -56,8 +57,8 @@ def test_unique_hidden_identities_would_break_equivariance(run):
     def unique(g):
         return dataclasses.replace(g, node_identity=torch.arange(g.num_nodes))
 
-    emb = enc.embed([unique(run[t]) for t in range(3)], refine_steps=0)
-    emb_p = enc.embed([unique(perm_run[t]) for t in range(3)], refine_steps=0)
+    emb = enc.embed([unique(run[t]) for t in range(3)])
+    emb_p = enc.embed([unique(perm_run[t]) for t in range(3)])
     assert not torch.allclose(emb_p.z, emb.z[:, node_perm], atol=1e-6)
 
 
@@ -104,12 +105,53 @@ def test_euclidean_switch_changes_the_geometry_only(run):
     # same weights, different geometry
     weights = {k: v for k, v in hyp.state_dict().items() if "manifold." not in k}
     euc.load_state_dict(weights)
-    z_h = hyp.embed(run, refine_steps=0).z
-    z_e = euc.embed(run, refine_steps=0).z
+    z_h = hyp.embed(run).z
+    z_e = euc.embed(run).z
     d_h = hyp.manifold.dist(z_h[-1, :1], z_h[-1, 1:])
-    d_e = (z_e[-1, :1] - z_e[-1, 1:]).norm(dim=-1)
+    d_e = 2 * (z_e[-1, :1] - z_e[-1, 1:]).norm(dim=-1)
     assert (d_h - d_e).abs().max() > 1e-2
     assert (z_h.norm(dim=-1) < 1).all() and not torch.allclose(z_h, z_e, atol=1e-3)
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-4])
+def test_euclidean_switch_is_like_for_like_at_initialisation(run, eps):
+    """Same seed, same parameters; near the origin every distance-reading part of the model
+    gives the same values in both geometries (up to O(eps^2) curvature terms): attention,
+    Fermi-Dirac logits, magnitude and sign heads, smoothness. No hidden factor of 2."""
+    from hyperlapse.train.losses import loss_terms
+    from hyperlapse.train.targets import snapshot_targets
+
+    hyp = make_encoder(run, manifold="poincare")
+    euc = make_encoder(run, manifold="euclidean")
+    sd_h = {k: v for k, v in hyp.state_dict().items() if "manifold." not in k}
+    sd_e = {k: v for k, v in euc.state_dict().items() if "manifold." not in k}
+    assert sd_h.keys() == sd_e.keys()
+    assert all(torch.equal(sd_h[k], sd_e[k]) for k in sd_h)
+    snap = hyp.prepare(run[2])
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(snap.num_nodes, 4, generator=gen, dtype=torch.float64) * eps
+    z_h = hyp.manifold.expmap0(u)
+    z_e = u
+    rel = 10 * eps  # curvature terms are relative O(eps^2 * |u|^2 / eps^2) ~ eps^2; be generous
+    pairs = snap.edge_index
+    fd_h, fd_e = hyp.link_head(z_h, pairs), euc.link_head(z_e, pairs)
+    torch.testing.assert_close(fd_h, fd_e, rtol=rel, atol=rel)
+    for a, b in zip(
+        hyp.weight_head(z_h, snap.node_identity, pairs),
+        euc.weight_head(z_e, snap.node_identity, pairs),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=rel, atol=rel * eps)
+    for lh, le in zip(hyp.attention, euc.attention, strict=True):
+        out_h = lh(z_h, snap.msg_edge_index, snap.msg_edge_attr)[0]
+        out_e = le(z_e, snap.msg_edge_index, snap.msg_edge_attr)[0]
+        torch.testing.assert_close(hyp.manifold.logmap0(out_h), out_e, rtol=rel, atol=rel)
+    targets = snapshot_targets(snap)
+    t_h = loss_terms(hyp, z_h, targets, hyp.manifold.expmap0(u * 0.5))
+    t_e = loss_terms(euc, z_e, targets, u * 0.5)
+    for name in ("link", "magnitude", "sign", "smooth"):
+        torch.testing.assert_close(t_h[name], t_e[name], rtol=rel, atol=rel * eps**2)
+    assert float(t_e["smooth"]) > 0
 
 
 def test_save_load_roundtrip_gives_identical_embeddings(run, tmp_path):
@@ -120,7 +162,7 @@ def test_save_load_roundtrip_gives_identical_embeddings(run, tmp_path):
     enc.save(tmp_path / "enc.pt")
     loaded = TemporalEncoder.load(tmp_path / "enc.pt")
     assert loaded.config == enc.config
-    a, b = enc.embed(run, refine_steps=3), loaded.embed(run, refine_steps=3)
+    a, b = embed_refined(enc, run, refine_steps=3), embed_refined(loaded, run, refine_steps=3)
     assert torch.equal(a.z, b.z)
     torch.save({"not": "an encoder"}, tmp_path / "other.pt")
     with pytest.raises(ConfigError, match="TemporalEncoder.save"):
@@ -170,13 +212,13 @@ def test_learnable_curvature_gets_a_gradient(run):
     grads = [p.grad for n, p in enc.named_parameters() if n.startswith("manifold.")]
     assert grads and grads[0] is not None and torch.isfinite(grads[0]).all()
     assert float(grads[0].abs()) > 0
-    emb = enc.embed([run[0], run[1]], refine_steps=2)
+    emb = embed_refined(enc, [run[0], run[1]], refine_steps=2)
     assert emb.c == pytest.approx(0.5)
 
 
 def test_embed_returns_per_head_attention(run):
     enc = make_encoder(run, heads=3)
-    emb = enc.embed([run[0], run[1]], refine_steps=0, return_attention=True)
+    emb = enc.embed([run[0], run[1]], return_attention=True)
     assert len(emb.attention) == 2 and len(emb.attention[0]) == enc.config.layers
     alpha = emb.attention[1][0]
     snap = enc.prepare(run[1])

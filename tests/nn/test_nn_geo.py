@@ -1,4 +1,5 @@
-"""The manifold helpers the encoder layers use (ball and flat space, one code path)."""
+"""The manifold helpers the encoder layers use, from :mod:`hyperlapse.geometry.ball` (ball and
+flat space, one code path)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,26 @@ import torch
 from nn_helpers import one_thread  # noqa: F401 (one_thread: autouse)
 
 from hyperlapse.errors import ConfigError
-from hyperlapse.nn._geo import (
+from hyperlapse.geometry.ball import (
     dist,
     dist0,
     eps,
     expmap0,
     logmap0,
     make_manifold,
-    segment_midpoint,
+    scatter_midpoint,
 )
 
 
 @pytest.mark.parametrize("kind", ["poincare", "euclidean"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_segment_midpoint_matches_geoopt(kind, seed):
+def test_scatter_midpoint_matches_geoopt(kind, seed):
     gen = torch.Generator().manual_seed(seed)
     m = make_manifold(kind, 0.7)
     x = expmap0(torch.randn(9, 3, generator=gen, dtype=torch.float64), manifold=m)
     w = torch.rand(9, generator=gen, dtype=torch.float64)
     index = torch.tensor([0, 0, 0, 2, 2, 2, 2, 3, 3])
-    got = segment_midpoint(x, w, index, 4, manifold=m)
+    got = scatter_midpoint(x, w, index, 4, manifold=m)
     for g in (0, 2, 3):
         sel = index == g
         if kind == "poincare":
@@ -41,7 +42,8 @@ def test_flat_space_distances_and_maps():
     x = torch.randn(5, 4, dtype=torch.float64) * 0.3
     y = torch.randn(5, 4, dtype=torch.float64) * 0.3
     flat, ball = make_manifold("euclidean"), make_manifold("poincare", 1.0)
-    torch.testing.assert_close(dist(x, y, manifold=flat), (x - y).norm(dim=-1))
+    # flat space has the ball's metric at the origin (lambda_0 = 2): distances 2 |x - y|
+    torch.testing.assert_close(dist(x, y, manifold=flat), 2 * (x - y).norm(dim=-1))
     assert torch.equal(expmap0(x, manifold=flat), x)
     assert (dist(x, y, manifold=ball) - dist(x, y, manifold=flat)).abs().min() > 1e-3
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from nn_helpers import make_encoder, one_thread, tiny_run  # noqa: F401 (one_thread: autouse)
 
-from hyperlapse.nn._geo import dist, expmap0, logmap0, make_manifold
+from hyperlapse.geometry.ball import dist, expmap0, logmap0, make_manifold
 from hyperlapse.nn.fermi_dirac import FermiDiracDecoder
 from hyperlapse.nn.hyp_attention import HypGraphAttention
 from hyperlapse.nn.hyp_linear import HypLinear
@@ -143,3 +145,19 @@ def test_sign_logit_is_the_riemannian_inner_product_with_a_transported_vector():
     xi = ball.transp(origin, z[u], xi0[u])
     want = ball.inner(z[u], ball.logmap(z[u], z[v]), xi, keepdim=True).squeeze(-1) / 4
     torch.testing.assert_close(logit, want, rtol=1e-9, atol=1e-9)
+
+
+def test_change_features_are_zero_at_first_and_follow_the_weights():
+    from hyperlapse.nn.encoder import VELOCITY_FEATURES, change_features
+    from hyperlapse.nn.snapshot import prepare_snapshot
+    from hyperlapse.train.synthetic import toy_run
+
+    run = toy_run(snapshots=3, seed=1)
+    s0, s1 = prepare_snapshot(run[0]), prepare_snapshot(run[1])
+    assert torch.equal(change_features(s1, None), torch.zeros(s1.num_nodes, VELOCITY_FEATURES))
+    one = change_features(s1, s0.edge_weight, gap=1.0)
+    two = change_features(s1, s0.edge_weight, gap=2.0)
+    assert torch.allclose(two[:, :2], one[:, :2] / 2)  # a rate per optimizer step
+    assert torch.allclose(two[:, 2], torch.full_like(two[:, 2], math.log(2.0)))
+    assert (one[:, 1] >= one[:, 0].abs() - 1e-7).all() and float(one[:, 1].max()) > 0
+    assert torch.equal(change_features(s1, s1.edge_weight)[:, :2], torch.zeros(s1.num_nodes, 2))

@@ -48,10 +48,15 @@ def fake_report(t: int, step: int, drift: float | None = 0.1) -> dict:
         "weights": [{"layer": l, "norm": 1.0, "num_weights": 8, "sign_flips": None if t == 0
                      else t, "sign_flip_frac": None, "new_links": None} for l in range(2)],
         "scores": {"link_auc": None if t == 0 else 0.8, "link_ap": None, "new_link_auc": None,
-                   "new_link_ap": None, "sign_acc": None if t == 0 else 0.6},
+                   "new_link_ap": None if t == 0 else 0.3, "sign_flip_auc": None,
+                   "sign_flip_ap": None if t == 0 else 0.2, "sign_acc": None if t == 0 else 0.6,
+                   "base_rate": None if t == 0 else {"new_link": 0.01, "sign_flip": 0.02},
+                   "baselines": None if t == 0 else {
+                       "persistence": {"new_link_ap": 0.25, "sign_flip_ap": 0.3}}},
         "hubs": {"nodes": [2, 3], "layer": [1, 1], "index": [0, 1], "radius": [0.5, 0.6],
                  "turnover": None if t == 0 else 1},
         "geometry": None,
+        "neurons": None,
         "encoder": {"mode": "online"},
         "timing": {"total": 0.01},
     }
@@ -166,6 +171,9 @@ def _page(tmp_path: Path) -> Path:
 
 def test_html_is_self_contained_with_phase_table(tmp_path):
     html = _page(tmp_path).read_text()
+    # the model's forecast AP is shown beside the strongest baseline's
+    assert "new links (t from t-1): model" in html
+    assert "sign flips (t from t-1): strongest baseline" in html
     assert html.count("data:image/png;base64,") == 5
     assert "<script" not in html and "src=\"http" not in html and "href=" not in html
     phases = fastest_phases([fake_report(t, 10 * t, drift=0.1 * (1 + (t == 3)))

@@ -9,6 +9,7 @@ from train_helpers import one_thread  # noqa: F401 (autouse fixture)
 from hyperlapse import fit_encoder
 from hyperlapse.errors import ConfigError
 from hyperlapse.nn.encoder import TemporalEncoder
+from hyperlapse.train.embed import embed_refined
 from hyperlapse.train.fit import encoder_loss
 from hyperlapse.train.synthetic import toy_run
 
@@ -72,6 +73,6 @@ def test_fit_and_embed_read_a_recorded_store(tmp_path):
             opt.step()
     traj = open_trajectory(tmp_path / "run.zarr")
     enc = fit_encoder(traj, d=2, epochs=1, progress=False)
-    emb = enc.embed(traj, refine_steps=1)
+    emb = embed_refined(enc, traj, refine_steps=1)
     assert emb.z.shape == (len(traj), 10, 2)
     assert emb.steps.tolist() == list(traj.steps)

@@ -10,16 +10,21 @@ function          Poincare ball (geoopt ``stereographic.math``)   Euclidean (fla
 ``logmap0(x)``    inverse of ``expmap0``                          ``x``
 ``expmap(x, v)``  exponential map at ``x``                        ``x + v``
 ``logmap(x, y)``  tangent vector at ``x`` towards ``y``           ``y - x``
-``dist(x, y)``    ``2 artan_k(|(-x) (+) y|)``                     ``|x - y|``
-``dist0(x)``      distance to the origin (hyperbolic radius)      ``|x|``
+``dist(x, y)``    ``2 artan_k(|(-x) (+) y|)``                     ``2 |x - y|``
+``dist0(x)``      distance to the origin (hyperbolic radius)      ``2 |x|``
 ``project(x)``    inside radius ``(1 - EPS) / sqrt(c)``           ``x``
 ``mobius_add``    Mobius addition ``x (+) y``                     ``x + y``
 midpoints         weighted gyromidpoint                           weighted mean
 ================  =============================================  ==========================
 
 ``dim`` is the dimension that holds the coordinates (``-1`` by default). geoopt's ball uses the
-metric ``lambda_x^2 |.|^2`` with ``lambda_0 = 2``, so ``dist0(expmap0(v)) = 2 |v|`` on the ball
-(``|v|`` in flat space); the curvature is ``k = -c``.
+metric ``lambda_x^2 |.|^2`` with ``lambda_0 = 2``, so ``dist0(expmap0(v)) = 2 |v|`` on the ball;
+the curvature is ``k = -c``. Flat space here is the ``c -> 0`` limit of that ball (geoopt's
+stereographic model at ``k = 0``): the metric ``lambda_0^2 |.|^2 = 4 |.|^2``
+(:data:`FLAT_METRIC_SCALE` = 2 on distances), so ``dist0(expmap0(v)) = 2 |v|`` in both
+geometries and a model switched from one to the other keeps its distance scales (attention
+temperatures, Fermi-Dirac radius, smoothness weight): only the curvature changes. With the
+plain Euclidean metric every distance would silently halve.
 
 All numerical epsilons of hyperlapse's geometry live in this module (:data:`EPS`,
 :data:`MIN_NORM`, :data:`MIN_DENOM`).
@@ -42,6 +47,7 @@ __all__ = [
     "EPS",
     "MIN_NORM",
     "MIN_DENOM",
+    "FLAT_METRIC_SCALE",
     "KINDS",
     "Manifold",
     "eps",
@@ -75,6 +81,9 @@ EPS: dict[torch.dtype, float] = {
 MIN_NORM: float = 1e-15
 #: Smallest absolute denominator of a weighted mean / midpoint (same as geoopt's).
 MIN_DENOM: float = 1e-10
+#: Flat distances are this times ``|x - y|``: the ball's conformal factor at the origin
+#: (``lambda_0 = 2``), so flat space is the ``c -> 0`` limit of the ball, not half of it.
+FLAT_METRIC_SCALE: float = 2.0
 
 KINDS: tuple[str, ...] = ("poincare", "euclidean")
 
@@ -240,7 +249,7 @@ def logmap(x: Tensor, y: Tensor, *, manifold: Manifold, dim: int = -1) -> Tensor
 def dist(
     x: Tensor, y: Tensor, *, manifold: Manifold, dim: int = -1, keepdim: bool = False
 ) -> Tensor:
-    """Geodesic distance ``d_c(x, y)`` (``|x - y|`` in flat space).
+    """Geodesic distance ``d_c(x, y)`` (``2 |x - y|`` in flat space, :data:`FLAT_METRIC_SCALE`).
 
     Shapes:
         x, y: ``[*, d]`` (broadcast), returns ``[*]`` (``[*, 1]`` with ``keepdim``).
@@ -253,18 +262,18 @@ def dist(
         (2.1972, 2.1972)
     """
     if is_flat(manifold):
-        return (x - y).norm(dim=dim, keepdim=keepdim)
+        return FLAT_METRIC_SCALE * (x - y).norm(dim=dim, keepdim=keepdim)
     return smath.dist(x, y, k=curvature(manifold, x), dim=dim, keepdim=keepdim)
 
 
 def dist0(x: Tensor, *, manifold: Manifold, dim: int = -1, keepdim: bool = False) -> Tensor:
-    """Distance to the origin: the hyperbolic radius (``|x|`` in flat space).
+    """Distance to the origin: the hyperbolic radius (``2 |x|`` in flat space).
 
     Shapes:
         x: ``[*, d]``, returns ``[*]`` (``[*, 1]`` with ``keepdim``).
     """
     if is_flat(manifold):
-        return x.norm(dim=dim, keepdim=keepdim)
+        return FLAT_METRIC_SCALE * x.norm(dim=dim, keepdim=keepdim)
     return smath.dist0(x, k=curvature(manifold, x), dim=dim, keepdim=keepdim)
 
 

@@ -106,6 +106,7 @@ def mlp_forward(
     x: Tensor,
     *,
     dtype: torch.dtype | None = None,
+    scale: Mapping[int, Tensor] | None = None,
 ) -> list[Tensor]:
     """Run an MLP given as a state dict; return every layer's output.
 
@@ -114,6 +115,8 @@ def mlp_forward(
         architecture: ``describe_mlp`` output (``layers`` with weight/bias names, activation).
         x: inputs.
         dtype: compute dtype (default: ``x``'s).
+        scale: ``{l: s}`` multiplies hidden layer ``l``'s output (1-based, after the
+            activation) by ``s`` (broadcast against ``[..., n_l]``): 0 ablates neurons.
 
     Returns:
         ``[h_1, ..., h_L]``: hidden features after their activation, and the logits last.
@@ -128,6 +131,8 @@ def mlp_forward(
         weight, bias = _layer_params(state, layer, dtype)
         h = F.linear(h, weight, bias)
         h = activation_fn(layer.get("activation"))(h)
+        if scale is not None and len(outs) + 1 in scale:
+            h = h * scale[len(outs) + 1].to(h)
         outs.append(h)
     return outs
 

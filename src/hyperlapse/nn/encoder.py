@@ -9,8 +9,9 @@ Per snapshot ``t`` (see ``docs/encoder.md`` for the formulas)::
 
 The stateful single-step API (:meth:`TemporalEncoder.init_state`, :meth:`TemporalEncoder.step`)
 keeps only the last ``w`` states and one GRU state per layer, so the cost per snapshot does not
-grow with ``t``. :meth:`TemporalEncoder.embed` runs it over a whole run and (by default) refines
-the coordinates with Riemannian Adam.
+grow with ``t``. :meth:`TemporalEncoder.embed` runs it over a whole run; the Riemannian
+refinement of the coordinates lives with training (:mod:`hyperlapse.train.embed`), so this
+package never imports :mod:`hyperlapse.train`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ._geo import KINDS, dist0, expmap0, make_manifold
+from ..geometry.ball import KINDS, dist0, expmap0, make_manifold
+from ..progress import progress_bar
 from .fermi_dirac import FermiDiracDecoder
 from .hyp_attention import AGGREGATIONS, HypGraphAttention
 from .kernel_evolution import KernelEvolution, layer_summary
@@ -40,9 +42,13 @@ __all__ = [
     "Embeddings",
     "TemporalEncoder",
     "as_graph_sequence",
+    "change_features",
+    "VELOCITY_FEATURES",
 ]
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+#: Columns of :func:`change_features`.
+VELOCITY_FEATURES = 3
 
 
 @dataclass
@@ -64,6 +70,15 @@ class EncoderConfig:
         hidden: width of the input MLP and of the kernel generators.
         kernel_state: GRU state size of the kernel evolution.
         link_q: fraction of ``|w|`` per layer that counts as a link.
+        velocity: append per-node change features to the node features
+            (:func:`change_features`: mean signed and absolute change of the incident weights
+            since the previous snapshot, per optimizer step, and the log time gap).
+
+    ``manifold="euclidean"`` is the same model in flat space, like for like: the flat metric is
+    the ball's at the origin (``4 |dx|^2``, see :mod:`hyperlapse.geometry.ball`), so with the same
+    seed both geometries build identical parameters, and every distance the model reads
+    (attention scores, the Fermi-Dirac ``R`` and ``T``, the smoothness term, the sign logit)
+    agrees to first order near the origin: only the curvature differs.
     """
 
     in_features: int
@@ -80,6 +95,7 @@ class EncoderConfig:
     hidden: int = 32
     kernel_state: int = 16
     link_q: float = 0.2
+    velocity: bool = True
 
     def __post_init__(self) -> None:
         checks = [
@@ -113,6 +129,7 @@ class EncoderState:
         z: the last embedding ``[N, d]`` (None before the first snapshot).
         attention: per layer, the attention weights ``[2E', heads]`` of the last step when
             asked for (forward edges first, then reversed).
+        edge_weight: the last snapshot's full edge weights ``[E]`` (for the change features).
     """
 
     t: int = 0
@@ -121,6 +138,7 @@ class EncoderState:
     history: list[Tensor] = field(default_factory=list)
     z: Tensor | None = None
     attention: list[Tensor] | None = None
+    edge_weight: Tensor | None = None
 
     def detach(self) -> EncoderState:
         """A copy cut from the autograd graph (truncated back-propagation through time)."""
@@ -131,6 +149,7 @@ class EncoderState:
             history=[h.detach() for h in self.history],
             z=None if self.z is None else self.z.detach(),
             attention=None if self.attention is None else [a.detach() for a in self.attention],
+            edge_weight=None if self.edge_weight is None else self.edge_weight.detach(),
         )
 
 
@@ -224,8 +243,9 @@ class TemporalEncoder(nn.Module):
         self.config = cfg = config
         self.manifold = make_manifold(cfg.manifold, cfg.c, learnable=cfg.learnable_c)
         m = self.manifold
+        extra = VELOCITY_FEATURES if cfg.velocity else 0
         self.feature_mlp = nn.Sequential(
-            nn.Linear(cfg.in_features, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.d)
+            nn.Linear(cfg.in_features + extra, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.d)
         )
         self.identity = nn.Embedding(cfg.num_identities, cfg.d)
         nn.init.normal_(self.identity.weight, std=0.1)
@@ -281,13 +301,19 @@ class TemporalEncoder(nn.Module):
             kernel_states=[ev.init_state(dtype=dt, device=dev) for ev in self.evolution],
         )
 
-    def input_embedding(self, snap: Snapshot) -> Tensor:
-        """``h0 = exp0(MLP(x) + E_id[identity])``.
+    def input_embedding(self, snap: Snapshot, change: Tensor | None = None) -> Tensor:
+        """``h0 = exp0(MLP([x, change]) + E_id[identity])``.
 
         Shapes:
+            change: ``[N, VELOCITY_FEATURES]`` (zeros when None and velocity is on);
             returns ``[N, d]``.
         """
-        u = self.feature_mlp(snap.x) + self.identity(snap.node_identity)
+        x = snap.x
+        if self.config.velocity:
+            if change is None:
+                change = x.new_zeros(x.shape[0], VELOCITY_FEATURES)
+            x = torch.cat([x, change.to(x)], dim=-1)
+        u = self.feature_mlp(x) + self.identity(snap.node_identity)
         return expmap0(u, manifold=self.manifold)
 
     def step(
@@ -297,12 +323,14 @@ class TemporalEncoder(nn.Module):
         *,
         detach: bool = False,
         return_attention: bool = False,
+        gap: float | None = None,
     ) -> tuple[Tensor, EncoderState]:
         """Encode one snapshot given the state after the previous ones.
 
         Args:
             graph: a ParameterGraph (or a :class:`Snapshot` from :meth:`prepare`).
             state: from :meth:`init_state` or the previous ``step``; not modified.
+            gap: optimizer steps since the previous snapshot (None: 1).
             detach: cut the returned state from the autograd graph (bounded memory and cost).
             return_attention: keep the attention weights in ``new_state.attention``.
 
@@ -311,7 +339,10 @@ class TemporalEncoder(nn.Module):
         """
         snap = self.prepare(graph)
         m = self.manifold
-        h = self.input_embedding(snap)
+        change = None
+        if self.config.velocity:
+            change = change_features(snap, state.edge_weight, 1.0 if gap is None else gap)
+        h = self.input_embedding(snap, change)
         summaries, kernel_states, attention = [], [], []
         for l, (layer, evolve) in enumerate(zip(self.attention, self.evolution, strict=True)):
             delta, u = evolve(state.summaries[l], state.kernel_states[l])
@@ -332,21 +363,30 @@ class TemporalEncoder(nn.Module):
             history=history,
             z=z,
             attention=attention if return_attention else None,
+            edge_weight=snap.edge_weight if self.config.velocity else None,
         )
         return z, (new.detach() if detach else new)
 
     def forward(
-        self, graphs: Sequence[Any], state: EncoderState | None = None
+        self,
+        graphs: Sequence[Any],
+        state: EncoderState | None = None,
+        steps: Sequence[int] | None = None,
     ) -> tuple[list[Tensor], EncoderState]:
         """Encode a sequence of snapshots, keeping the autograd graph through time.
+
+        Args:
+            steps: optimizer steps of the snapshots (time gaps for the change features;
+                None: one step apart).
 
         Returns:
             ``([z_0, ..., z_{T-1}], final_state)``, each ``z_t`` ``[N, d]``.
         """
         state = self.init_state() if state is None else state
         zs = []
-        for graph in graphs:
-            z, state = self.step(graph, state)
+        for t, graph in enumerate(graphs):
+            gap = None if steps is None or t == 0 else float(steps[t] - steps[t - 1])
+            z, state = self.step(graph, state, gap=gap)
             zs.append(z)
         return zs, state
 
@@ -355,54 +395,36 @@ class TemporalEncoder(nn.Module):
         self,
         data: Any,
         *,
-        refine_steps: int = 20,
-        refine_lr: float = 0.1,
         return_attention: bool = False,
         progress: bool = False,
     ) -> Embeddings:
-        """Embed every snapshot of a run.
+        """Embed every snapshot of a run with the encoder alone (no gradients, deterministic).
 
-        The encoder runs without gradients; then (``refine_steps > 0``) each ``z_t`` is refined
-        as a ``geoopt.ManifoldParameter`` by Riemannian Adam on snapshot ``t``'s links, signs and
-        magnitudes, anchored to the refined ``z_{t-1}`` (see
-        :func:`hyperlapse.train.refine.refine_snapshot`). Everything is deterministic.
+        Refined coordinates (Riemannian Adam on each snapshot's links and signs) come from
+        :func:`hyperlapse.train.embed.embed_refined`, which builds on this.
 
         Args:
             data: a Trajectory, a TemporalParameterGraph or a list of ParameterGraphs.
-            refine_steps: Riemannian Adam steps per snapshot (0: the encoder's output as is).
-            refine_lr: their learning rate.
             return_attention: keep per-layer attention weights of every snapshot.
             progress: show a tqdm progress bar (if tqdm is installed).
 
         Returns:
             :class:`Embeddings` with ``z`` of shape ``[T, N, d]``.
         """
-        from ..train.refine import refine_snapshot
-        from ..train.targets import snapshot_targets
-
         graphs, steps = as_graph_sequence(data)
         state = self.init_state()
-        zs, raw, attn, losses = [], [], [], []
+        zs, attn = [], []
         first = None
-        prev = None
-        iterator = _progress(range(len(graphs)), progress, "embed")
-        for t in iterator:
+        for t in progress_bar(range(len(graphs)), progress, "embed"):
             snap = self.prepare(graphs[t])
             first = first or snap
+            gap = float(steps[t] - steps[t - 1]) if t > 0 else None
             with torch.no_grad():
-                z, state = self.step(snap, state, return_attention=return_attention)
-            raw.append(z)
+                z, state = self.step(snap, state, return_attention=return_attention, gap=gap)
             if return_attention:
                 attn.append(state.attention)
                 state.attention = None
-            if refine_steps > 0:
-                targets = snapshot_targets(snap, q=self.config.link_q)
-                z, terms = refine_snapshot(
-                    self, z, targets, anchor=prev, steps=refine_steps, lr=refine_lr
-                )
-                losses.append(terms)
             zs.append(z.detach())
-            prev = zs[-1]
         return Embeddings(
             z=torch.stack(zs),
             steps=np.asarray(steps),
@@ -413,9 +435,7 @@ class TemporalEncoder(nn.Module):
             node_type=first.node_type.cpu(),
             manifold=self.config.manifold,
             c=float(self.manifold.c.detach()) if self.config.manifold == "poincare" else 0.0,
-            z_encoder=torch.stack(raw) if refine_steps > 0 else None,
             attention=attn if return_attention else None,
-            losses=losses if refine_steps > 0 else None,
         )
 
     # ----------------------------------------------------------------------------- files
@@ -446,18 +466,41 @@ class TemporalEncoder(nn.Module):
                 f"Expected a file written by TemporalEncoder.save, got {path!s} without the "
                 f"'hyperlapse.TemporalEncoder' format tag."
             )
-        encoder = cls(EncoderConfig(**blob["config"]))
+        config = dict(blob["config"])
+        config.setdefault("velocity", False)  # files of version 1 predate the change features
+        encoder = cls(EncoderConfig(**config))
         sd = blob["state_dict"]
         encoder.to(sd["identity.weight"].dtype)
         encoder.load_state_dict(sd)
         return encoder
 
 
-def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is optional
-        return iterable
-    return tqdm(iterable, desc=desc)
+def change_features(snap: Snapshot, previous: Tensor | None, gap: float = 1.0) -> Tensor:
+    """Per node: what changed in its incident weights since the previous snapshot.
+
+    With ``dw = (w_t - w_{t-1}) / rms_l(w_t)`` per edge (``rms_l`` over the edge's layer), a
+    node's features are the mean of ``dw / gap`` and of ``|dw| / gap`` over its incident edges
+    (incoming and outgoing) and ``log(gap)``, the optimizer steps between the snapshots. Zeros
+    at the first snapshot. Sums over incident edges: equivariant to hidden-neuron permutations.
+
+    Shapes:
+        previous: ``[E]`` or None; returns ``[N, VELOCITY_FEATURES]``.
+    """
+    from ..scatter import scatter
+
+    w = snap.edge_weight
+    n = snap.num_nodes
+    if previous is None:
+        return w.new_zeros(n, VELOCITY_FEATURES)
+    if not gap > 0:
+        raise ConfigError(f"Expected a positive gap between snapshots, got {gap!r}.")
+    layers = int(snap.edge_layer.max()) + 1
+    rms = scatter(w.pow(2), snap.edge_layer, layers, "mean").sqrt()
+    rms = rms.clamp_min(torch.finfo(w.dtype).tiny)[snap.edge_layer]
+    dw = (w - previous.to(w)) / rms / gap
+    ends = torch.cat([snap.edge_index[0], snap.edge_index[1]])
+    both = torch.cat([dw, dw])
+    signed = scatter(both, ends, n, "mean")
+    absolute = scatter(both.abs(), ends, n, "mean")
+    logg = torch.full_like(signed, float(np.log(gap)))
+    return torch.stack([signed, absolute, logg], dim=-1)

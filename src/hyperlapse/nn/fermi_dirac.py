@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._geo import Manifold, dist
+from ..geometry.ball import Manifold, dist
 
 __all__ = ["FermiDiracDecoder"]
 

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..geometry.ball import Manifold, dist, expmap0, logmap0, scatter_midpoint
 from ..scatter import scatter, scatter_softmax
-from ._geo import Manifold, dist, expmap0, logmap0, segment_midpoint
 from .hyp_linear import hyp_linear
 from .snapshot import EDGE_ATTR_DIM
 
@@ -100,7 +100,7 @@ class HypGraphAttention(nn.Module):
         score = -dist(q[dst], k_e, manifold=m) + e
         alpha = scatter_softmax(score, dst, n)
         if self.aggregation == "midpoint":
-            agg = segment_midpoint(v_e, alpha, dst, n, manifold=m)  # [N, H, d]
+            agg = scatter_midpoint(v_e, alpha, dst, n, manifold=m)  # [N, H, d]
             t = logmap0(agg, manifold=m)
         else:
             t = scatter(alpha.unsqueeze(-1) * logmap0(v_e, manifold=m), dst, n, "sum")

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._geo import Manifold, expmap0, logmap0
+from ..geometry.ball import Manifold, expmap0, logmap0
 
 __all__ = ["hyp_linear", "HypLinear"]
 
@@ -20,7 +20,7 @@ def hyp_linear(h: Tensor, weight: Tensor, *, manifold: Manifold) -> Tensor:
         returns ``[N, d_out]`` or ``[N, H, d_out]``.
 
     Example:
-        >>> from hyperlapse.nn._geo import make_manifold
+        >>> from hyperlapse.geometry.ball import make_manifold
         >>> ball = make_manifold("poincare")
         >>> h = ball.expmap0(torch.tensor([[0.3, -0.2]]))
         >>> torch.allclose(hyp_linear(h, torch.eye(2), manifold=ball), h)
@@ -39,7 +39,7 @@ class HypLinear(nn.Module):
 
     Args:
         in_features, out_features: tangent dimensions.
-        manifold: the geoopt manifold (passed explicitly, see :mod:`hyperlapse.nn._geo`).
+        manifold: the geoopt manifold (passed explicitly, see :mod:`hyperlapse.geometry.ball`).
     """
 
     def __init__(self, in_features: int, out_features: int, *, manifold: Manifold):

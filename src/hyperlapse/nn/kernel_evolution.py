@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._geo import Manifold, logmap0
+from ..geometry.ball import Manifold, logmap0
 
 __all__ = ["KernelEvolution", "layer_summary"]
 

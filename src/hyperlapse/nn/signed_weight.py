@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._geo import Manifold, curvature, dist, eps, logmap, logmap0
+from ..geometry.ball import Manifold, curvature, dist, eps, logmap, logmap0
 
 __all__ = ["SignedWeightHead"]
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._geo import Manifold, expmap0, logmap0
+from ..geometry.ball import Manifold, expmap0, logmap0
 
 __all__ = ["WindowAttention", "TangentGRU", "stack_window"]
 

@@ -43,7 +43,7 @@ def summary_line(report: Report) -> str:
         ...     {"type": "hidden", "radius_mean": 1.0, "drift_mean": 0.1, "width": 4}],
         ...     "scores": {"link_auc": 0.9, "new_link_auc": None, "sign_acc": 0.8},
         ...     "hubs": {"turnover": 1}, "timing": {"total": 0.05}})
-        '#3    step 30     loss 0.5     radius 1.000  drift 0.1000  link AUC 0.900  new -  sign 0.800  hubs +1  50 ms'
+        '#3    step 30     loss 0.5     radius 1.000  drift 0.1000  link AUC 0.900  new -  sign 0.800  central +1  50 ms'
     """  # noqa: E501
     metrics = report.get("metrics") or {}
     loss = next((metrics[k] for k in ("loss", "train_loss") if metrics.get(k) is not None), None)
@@ -60,7 +60,7 @@ def summary_line(report: Report) -> str:
         f"#{report['index']:<4d} step {report['step']:<6d} loss {_fmt(loss, '<7.4g')} "
         f"radius {radius:.3f}  drift {_fmt(drift, '.4f')}  link AUC {_fmt(s.get('link_auc'))}  "
         f"new {_fmt(s.get('new_link_auc'), '<5.3f')}  sign {_fmt(s.get('sign_acc'))}  "
-        f"hubs {'+' + str(turnover) if turnover is not None else '-'}  "
+        f"central {'+' + str(turnover) if turnover is not None else '-'}  "
         f"{1000 * report['timing']['total']:.0f} ms"
     )
 
@@ -107,6 +107,8 @@ class ReportSession:
             from .encoder import default_probes
 
             online["probes"] = default_probes(widths[0], num=64, seed=online.get("seed", 0))
+        if points is not None and online.get("data_probes") is None:
+            online["data_probes"] = points  # geometry and importance also on the data
         self.online = OnlineEncoder(architecture, **online)
         self.architecture = dict(architecture)
         self.quiet = quiet
@@ -172,15 +174,28 @@ class ReportSession:
         captions: dict[str, str] = {}
         images["Hyperbolic radius per layer"] = P.plot_radius(self.reports, out / "radius.png")
         captions["Hyperbolic radius per layer"] = (
-            "Mean distance to the origin of the Poincare ball per layer (band: one std). "
-            "Smaller means more central in the network's hierarchy."
+            "Measures: mean distance to the origin of the Poincare ball per layer (band: one "
+            "std); smaller = more central in the embedding. Good: layers separate and settle as "
+            "training converges. Baseline: none; on digits the radius of a hidden neuron tracks "
+            "its weight norm (Spearman -0.65) and carries no information about its importance "
+            "beyond that (partial Spearman -0.01, docs/reports.md): read it as a norm proxy."
         )
         if len(self.reports) > 1:
             images["Drift"] = P.plot_drift(self.reports, out / "drift.png")
+            captions["Drift"] = (
+                "Measures: how far neurons moved in the embedding since the previous snapshot "
+                "(mean and max per layer). Good: large early, small once training settles; "
+                "compare with the sign flips and new links per layer in the JSON report, the "
+                "weight-space change it should follow. Baseline: none."
+            )
             images["Prediction scores"] = P.plot_scores(self.reports, out / "scores.png")
             captions["Prediction scores"] = (
-                "Held out: links, new links and signs of snapshot t, predicted from the "
-                "embedding at t-1 before seeing t."
+                "Measures: average precision of forecasting snapshot t's new links (left) and "
+                "sign flips (right) from the state at t-1, held out (rare events: the dotted base "
+                "rate is what a random ranking scores). Good: the model's solid line above the "
+                "dashed line, the strongest of the persistence, extrapolation, EdgeBank and "
+                "logistic baselines on the same candidates at that snapshot; an untrained "
+                "change-aware decoder equals the extrapolation baseline."
             )
         step, z, hubs = self._last
         disk = dict(self.disk)
@@ -195,14 +210,20 @@ class ReportSession:
             hubs={s: disk_hubs[s] for s in chosen},
         )
         captions["Poincare disk"] = (
-            "Neurons coloured by layer; hubs (smallest radius) ringed. For d > 2 the points are "
+            "Measures: where neurons sit in the ball, coloured by layer; central neurons "
+            "(smallest radius: a proxy for large weight norm, not for importance) ringed. Good: "
+            "layers form separate shells. Baseline: none. For d > 2 the points are "
             "projected on the two principal tangent directions at the origin and mapped back."
         )
         if self.architecture["widths"][0] == 2 and self.first_state is not None:
             images["Input-space volume element"] = self._volume_maps(out / "volume.png")
             captions["Input-space volume element"] = (
-                f"log sqrt(det g) of hidden layer {self.volume_layer}'s pullback metric over the "
-                f"input plane, decision boundary in cyan: at the first and the last snapshot."
+                f"Measures: log sqrt(det g) of hidden layer {self.volume_layer}'s pullback "
+                f"metric over the input plane (how much the layer stretches input space), "
+                f"decision boundary in cyan, at the first and the last snapshot. Good: a bright "
+                f"band along the boundary after training. Baseline: the first snapshot. The "
+                f"effect is clear on a grid but weak on held-out data points (docs/reports.md); "
+                f"the summary table gives both when data probes are known."
             )
         rows = {"output folder": str(out), "encoder": self.online.mode}
         rows.update(summary or {})

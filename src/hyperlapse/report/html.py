@@ -79,11 +79,37 @@ def render_html(
             values = [r["scores"].get(key) for r in reports if r["scores"].get(key) is not None]
             if values:
                 rows.setdefault(f"mean {key} (t from t-1)", sum(values) / len(values))
+        for key, label in (("new_link_ap", "new links"), ("sign_flip_ap", "sign flips")):
+            model = [r["scores"].get(key) for r in reports if r["scores"].get(key) is not None]
+            best = [
+                max(v[key] for v in r["scores"]["baselines"].values() if v.get(key) is not None)
+                for r in reports
+                if r["scores"].get("baselines")
+                and any(v.get(key) is not None for v in r["scores"]["baselines"].values())
+            ]
+            if model:
+                rows.setdefault(f"mean AP {label} (t from t-1): model", sum(model) / len(model))
+            if best:
+                rows.setdefault(
+                    f"mean AP {label} (t from t-1): strongest baseline", sum(best) / len(best)
+                )
         geo = last.get("geometry") or {}
-        for layer, stats in (geo.get("layers") or {}).items():
+        for name, part in (("probes", geo), ("data", geo.get("data") or {})):
+            for layer, stats in (part.get("layers") or {}).items():
+                kind = geo.get("probes", "probes") if name == "probes" else "held-out data"
+                rows.setdefault(
+                    f"layer {layer}: volume vs boundary closeness (Spearman, {kind})",
+                    stats.get("spearman_closeness"),
+                )
+        neurons = last.get("neurons") or {}
+        if neurons:
             rows.setdefault(
-                f"layer {layer}: volume vs boundary closeness (Spearman)",
-                stats.get("spearman_closeness"),
+                "central neurons: Spearman(radius, importance)",
+                neurons.get("spearman_radius_importance"),
+            )
+            rows.setdefault(
+                "central neurons: partial Spearman given weight norms (|.| < 0.3: a norm proxy)",
+                neurons.get("partial_spearman_radius_importance"),
             )
     summary_html = "<table>" + "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in rows.items()
@@ -106,7 +132,7 @@ def render_html(
             ("rate", "drift / step"),
             ("drift", "mean drift"),
             ("sign_flips", "sign flips"),
-            ("hub_turnover", "hub turnover"),
+            ("hub_turnover", "central-neuron turnover"),
             ("link_auc", "link AUC"),
         ],
     ) if phases else "<p class=muted>Fewer than two snapshots: no phases yet.</p>"

@@ -135,26 +135,39 @@ def plot_drift(
 
 
 def plot_scores(reports: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Held-out prediction scores for snapshot t made at t-1, over optimizer steps."""
+    """Held-out forecasts of snapshot t made at t-1: the model's AP on new links and sign flips
+    (solid) beside the strongest baseline of each snapshot (dashed) and the base rate (dotted,
+    what a random ranking scores), over optimizer steps."""
     fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
-    names = {
-        "link_auc": "link AUC",
-        "link_ap": "link AP",
-        "new_link_auc": "new-link AUC",
-        "new_link_ap": "new-link AP",
-        "sign_acc": "sign accuracy",
-    }
-    for key, label in names.items():
+    axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+    for ax, target, label in zip(
+        axes, ("new_link", "sign_flip"), ("new links", "sign flips"), strict=True
+    ):
+        key = f"{target}_ap"
         xs, ys = _series(reports, lambda r, key=key: r["scores"].get(key))
+        marker = "." if len(xs) < 30 else None
         if xs:
-            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("score")
-    ax.set_title("Predicting snapshot t from t-1 (held out)")
-    ax.legend(fontsize=8, loc="lower right")
+            ax.plot(xs, ys, marker=marker, label="model AP", color="C0")
+
+        def best(r, target=target):
+            base = r["scores"].get("baselines") or {}
+            aps = [v.get(f"{target}_ap") for v in base.values()]
+            aps = [a for a in aps if a is not None]
+            return max(aps) if aps else None
+
+        xs, ys = _series(reports, best)
+        if xs:
+            ax.plot(xs, ys, ls="--", marker=marker, label="strongest baseline AP", color="C1")
+        xs, ys = _series(
+            reports, lambda r, target=target: (r["scores"].get("base_rate") or {}).get(target)
+        )
+        if xs:
+            ax.plot(xs, ys, ls=":", label="base rate (random)", color="grey")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"{label}: AP, t from t-1")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper right")
     return _save(fig, path)
 
 

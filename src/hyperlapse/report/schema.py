@@ -26,7 +26,7 @@ __all__ = [
 #: Name written in every report's ``"schema"`` field.
 REPORT_SCHEMA = "hyperlapse.report"
 #: Version of the report schema (``"version"`` field).
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
 
 #: A report: one snapshot's JSON object.
 Report = dict[str, Any]
@@ -43,12 +43,24 @@ REPORT_FIELDS: dict[str, tuple[type, ...]] = {
     "scores": (dict,),
     "hubs": (dict,),
     "geometry": (dict, type(None)),
+    "neurons": (dict, type(None)),
     "encoder": (dict,),
     "timing": (dict,),
 }
 
-#: Keys of ``report["scores"]`` (each a float in [0, 1], or None when not defined yet).
-SCORE_FIELDS = ("link_auc", "link_ap", "new_link_auc", "new_link_ap", "sign_acc")
+#: Keys of ``report["scores"]`` holding the model's forecast of snapshot ``t`` from ``t - 1``
+#: (each a float in [0, 1], or None when not defined yet). Version 2: links, new links and sign
+#: flips are scored over every candidate edge (:mod:`hyperlapse.train.forecast`), with the
+#: baselines beside them under ``scores["baselines"]``; version 1 sampled the non-links.
+SCORE_FIELDS = (
+    "link_auc",
+    "link_ap",
+    "new_link_auc",
+    "new_link_ap",
+    "sign_flip_auc",
+    "sign_flip_ap",
+    "sign_acc",
+)
 
 
 def jsonable(value: Any) -> Any:

@@ -4,8 +4,8 @@ Stage 1 (Euclidean): the encoder's weights are trained with Adam on every run, s
 snapshot, with truncated back-propagation through time (``bptt`` snapshots). The embedding of
 snapshot ``t`` is scored against snapshot ``t + horizon`` (``horizon=1``: predict the next
 snapshot's links, magnitudes and signs from the past; 0: reconstruct the current one).
-Stage 2 (Riemannian) runs at embedding time: :meth:`TemporalEncoder.embed` refines each
-snapshot's coordinates as ``ManifoldParameter`` with Riemannian Adam
+Stage 2 (Riemannian) runs at embedding time: :func:`hyperlapse.train.embed.embed_refined` refines
+each snapshot's coordinates as ``ManifoldParameter`` with Riemannian Adam
 (:mod:`hyperlapse.train.refine`).
 """
 
@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..nn.encoder import EncoderConfig, TemporalEncoder, _progress, as_graph_sequence
+from ..nn.encoder import EncoderConfig, TemporalEncoder, as_graph_sequence
+from ..progress import progress_bar
 from .losses import TERMS, LossWeights, loss_terms
 from .targets import snapshot_targets
 
@@ -38,11 +39,24 @@ def as_runs(trajectories: Any) -> list[Sequence[Any]]:
     return [as_graph_sequence(trajectories)[0]]
 
 
+def _gaps(run: Sequence[Any]) -> list[float | None]:
+    """Optimizer steps between consecutive snapshots (None for the first, or when unknown)."""
+    steps = getattr(run, "steps", None)
+    if steps is None:
+        return [None] * len(run)
+    return [None] + [float(steps[t] - steps[t - 1]) for t in range(1, len(run))]
+
+
 def _prepare(encoder: TemporalEncoder, runs: list[Sequence[Any]]) -> list[list[tuple]]:
     out = []
     for run in runs:
         snaps = [encoder.prepare(run[t]) for t in range(len(run))]
-        out.append([(s, snapshot_targets(s, q=encoder.config.link_q)) for s in snaps])
+        out.append(
+            [
+                (s, snapshot_targets(s, q=encoder.config.link_q), gap)
+                for s, gap in zip(snaps, _gaps(run), strict=True)
+            ]
+        )
     return out
 
 
@@ -65,7 +79,7 @@ def _run_loss(
     for start in range(0, usable, bptt):
         chunk_terms = []
         for t in range(start, min(start + bptt, usable)):
-            z, state = encoder.step(run[t][0], state)
+            z, state = encoder.step(run[t][0], state, gap=run[t][2])
             chunk_terms.append(loss_terms(encoder, z, run[t + horizon][1], z_prev, weights))
             z_prev = z
         total = sum(terms["total"] for terms in chunk_terms) / len(chunk_terms)
@@ -198,7 +212,7 @@ def fit_encoder(
         prepared = _prepare(encoder, runs)
         optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
         history: list[dict[str, float]] = []
-        bar = _progress(range(epochs), progress, "fit_encoder")
+        bar = progress_bar(range(epochs), progress, "fit_encoder")
         for _ in bar:
             encoder.train()
             results = [

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn._geo import dist
+from ..geometry.ball import dist
 from .targets import Targets
 
 __all__ = ["LossWeights", "loss_terms", "TERMS"]

@@ -17,7 +17,7 @@ import geoopt
 import torch
 from torch import Tensor
 
-from ..nn._geo import make_manifold, project
+from ..geometry.ball import make_manifold, project
 from .losses import TERMS, LossWeights, loss_terms
 from .targets import Targets
 

@@ -45,9 +45,10 @@ from hyperlapse.zoo.builders import INR_ACTIVATIONS, INR_EVERY, INR_LR, INR_STEP
 from hyperlapse.zoo.population import PopulationMLP, run_generator
 
 FULL = {"inr_runs": 1797, "one_by_one": 24, "sines_runs": 1000, "gen_runs": 400,
-        "seeds": [0, 1, 2], "scale": 1.0}
+        "seeds": [0, 1, 2], "scale": 1.0, "model": "gbt", "shared_init_task": True}
 QUICK = {"inr_runs": 40, "one_by_one": 2, "sines_runs": 30, "gen_runs": 12, "seeds": [0],
-         "scale": 0.1}
+         "scale": 0.1, "model": "linear", "shared_init_task": False}
+MODEL_NAMES = {"gbt": "GBT", "linear": "linear"}
 NOT_YET = "not yet measured (batched encoder: next session)"
 
 
@@ -199,15 +200,16 @@ def task_digits_inr(zoo_dir: Path, seeds: list[int], permute: bool) -> dict[str,
     return out
 
 
-def task_sines(zoo_dir: Path, seeds: list[int]) -> dict[str, Any]:
+def task_sines(zoo_dir: Path, seeds: list[int], model: str) -> dict[str, Any]:
     zoo = open_zoo(zoo_dir)
     runs = list(zoo)
     y = np.stack([zoo.labels(k) for k in ("a", "f", "p")], 1)
     rows: dict[str, list[Any]] = {}
     for seed in seeds:
         tr, te = _split(len(runs), seed, None)
-        for name, kw in (("stats T=1 (GBT)", {"snapshots": "last"}),
-                         ("stats T>1 (GBT)", {"snapshots": "all"}),
+        m = MODEL_NAMES[model]
+        for name, kw in ((f"stats T=1 ({m})", {"snapshots": "last", "model": model}),
+                         (f"stats T>1 ({m})", {"snapshots": "all", "model": model}),
                          ("flattened weights T=1 (ridge)",
                           {"snapshots": "last", "features": "flat", "model": "linear"})):
             rows.setdefault(name, []).append(
@@ -224,7 +226,7 @@ def task_sines(zoo_dir: Path, seeds: list[int]) -> dict[str, Any]:
     return out
 
 
-def task_generalisation(zoo_dir: Path, seeds: list[int]) -> dict[str, Any]:
+def task_generalisation(zoo_dir: Path, seeds: list[int], model: str) -> dict[str, Any]:
     from scipy.stats import kendalltau
 
     zoo = open_zoo(zoo_dir)
@@ -236,16 +238,18 @@ def task_generalisation(zoo_dir: Path, seeds: list[int]) -> dict[str, Any]:
                    zoo.labels("depth")], 1)
     for seed in seeds:
         tr, te = _split(len(runs), seed, None)
+        m = MODEL_NAMES[model]
         for name, kw in (
-            ("whole: stats T>1 (GBT)", {"snapshots": "all"}),
-            ("whole: stats T=1, last snapshot (GBT)", {"snapshots": "last"}),
-            ("whole: loss/accuracy curve alone (GBT)", {"snapshots": "all",
-                                                         "features": "loss-curve"}),
-            ("first 20 %: stats (GBT)", {"snapshots": 0.2}),
-            ("first 20 %: loss/accuracy curve alone (GBT)", {"snapshots": 0.2,
-                                                             "features": "loss-curve"}),
+            (f"whole: stats T>1 ({m})", {"snapshots": "all"}),
+            (f"whole: stats T=1, last snapshot ({m})", {"snapshots": "last"}),
+            (f"whole: loss/accuracy curve alone ({m})", {"snapshots": "all",
+                                                          "features": "loss-curve"}),
+            (f"first 20 %: stats ({m})", {"snapshots": 0.2}),
+            (f"first 20 %: loss/accuracy curve alone ({m})", {"snapshots": 0.2,
+                                                              "features": "loss-curve"}),
         ):
-            rows.setdefault(name, []).append(_fit_score(runs, y, tr, te, "rank", seed, **kw))
+            rows.setdefault(name, []).append(
+                _fit_score(runs, y, tr, te, "rank", seed, model=model, **kw))
         # trivial predictors: no model, the validation accuracy observed at the cut
         for name, frac in (("whole: validation accuracy at the end (trivial)", 1.0),
                            ("first 20 %: validation accuracy at the cut (trivial)", 0.2)):
@@ -336,7 +340,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sines_dir = work / "sines"
         gen_dir = work / "digits-generalisation"
         sc = {"quiet": True, "scale": cfg["scale"]}
-        build_zoo("digits-inr", shared_dir, runs=cfg["inr_runs"], shared_init=True, **sc)
+        if cfg["shared_init_task"]:
+            build_zoo("digits-inr", shared_dir, runs=cfg["inr_runs"], shared_init=True, **sc)
         build_zoo("sines", sines_dir, runs=cfg["sines_runs"], **sc)
         build_zoo("digits-generalisation", gen_dir, runs=cfg["gen_runs"], **sc)
         torch.set_num_threads(threads)
@@ -344,12 +349,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tasks = {}
         tasks["digits-inr (random init)"] = task_digits_inr(inr_dir, seeds, permute=True)
         print("digits-inr random done", flush=True)
-        tasks["digits-inr (shared init)"] = task_digits_inr(shared_dir, seeds, permute=True)
-        print("digits-inr shared done", flush=True)
-        tasks["sines"] = task_sines(sines_dir, seeds)
+        if cfg["shared_init_task"]:
+            tasks["digits-inr (shared init)"] = task_digits_inr(shared_dir, seeds, permute=True)
+            print("digits-inr shared done", flush=True)
+        tasks["sines"] = task_sines(sines_dir, seeds, cfg["model"])
         print("sines done", flush=True)
         if cfg["gen_runs"] >= 12:
-            tasks["digits-generalisation"] = task_generalisation(gen_dir, seeds)
+            tasks["digits-generalisation"] = task_generalisation(gen_dir, seeds, cfg["model"])
         results["tasks"] = tasks
         results["total_s"] = time.perf_counter() - t_start
         results["machine"]["load_average_at_end"] = (

@@ -19,10 +19,10 @@ def test_weights_as_data_quick(tmp_path):
     build = res["build"]
     assert build["runs"] == 40 and build["speedup_wall"] > 1
     assert build["population"]["files"] < build["one_by_one"]["files_for_all_runs"]
-    inr = res["tasks"]["digits-inr (shared init)"]
+    inr = res["tasks"]["digits-inr (random init)"]
     # stats features are invariant to hidden-neuron permutations: identical accuracy
     assert inr["permuted: stats T>1 (logistic regression)"]["per_seed"] == (
         inr["stats T>1 (logistic regression)"]["per_seed"])
     assert inr["hyperbolic encoder T>1"].startswith("not yet measured")
-    assert len(res["tasks"]["sines"]["stats T>1 (GBT)"]["mean"]) == 3
+    assert len(res["tasks"]["sines"]["stats T>1 (linear)"]["mean"]) == 3
     assert "Kendall" in res["tasks"]["digits-generalisation"]["_metric"]

@@ -150,6 +150,9 @@ def _moments(x: np.ndarray) -> np.ndarray:
     """``[k, n] -> [k, 7]``: mean, std and the 0/25/50/75/100 % quantiles of each row."""
     if x.shape[1] == 0:
         return np.zeros((x.shape[0], len(_STATS)))
+    # sorted first: the sums then run in one order whatever the neurons' order, so permuted
+    # runs give bit-identical features (not just equal up to rounding)
+    x = np.sort(x, axis=1)
     q = np.quantile(x, [0.0, 0.25, 0.5, 0.75, 1.0], axis=1).T
     return np.concatenate([x.mean(1, keepdims=True), x.std(1, keepdims=True), q], axis=1)
 

@@ -380,7 +380,7 @@ def _train_classifiers(
 
 ZOOS: dict[str, ZooSpec] = {
     "digits-inr": ZooSpec(
-        "digits-inr", "one INR per 8x8 digit image (label: the digit)", 1797, 1797, 256,
+        "digits-inr", "one INR per 8x8 digit image (label: the digit)", 1797, 1797, 128,
         _digits_inr_block,
     ),
     "sines": ZooSpec(

@@ -300,7 +300,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{1 / one['median_cpu_s_per_run']:.2f} | {one['files_per_run']:.0f} per run "
         f"({one['files_for_all_runs']:.0f} for {b['runs']}) | "
         f"{one['bytes_per_run'] * b['runs'] / 1e6:.1f} |", "",
-        f"Speed-up: **{b['speedup_wall']:.0f}x** wall, {b['speedup_cpu']:.0f}x CPU time. "
+        f"Speed-up: **{b['speedup_wall']:.1f}x** wall, {b['speedup_cpu']:.1f}x CPU time "
+        f"(blocks of {b.get('block_size', '?')} runs; load average when measured: "
+        f"{results.get('build_machine', results['machine'])['load_average_at_start']}). "
         f"INR fit: mean PSNR {b['psnr_db']['mean']:.1f} dB (min {b['psnr_db']['min']:.1f}).", "",
     ]
     for task, rows in results["tasks"].items():
@@ -309,7 +311,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"| {name} | {_fmt(v)} |" for name, v in rows.items()
                   if not name.startswith("_")]
         lines.append("")
-    lines.append(f"Total time: {results['total_s']:.0f} s.")
+    if "permutation_rows_note" in results:
+        lines.append(f"Note: {results['permutation_rows_note']}.")
+    lines.append(f"Total time of the full run: {results['total_s']:.0f} s (wall, shared machine).")
     return "\n".join(lines) + "\n"
 
 

@@ -26,6 +26,10 @@ _LAZY = {
     "fit_encoder": "hyperlapse.train.fit",
     "OnlineEncoder": "hyperlapse.online.encoder",
     "LiveReport": "hyperlapse.online.live",
+    "fit_predictor": "hyperlapse.predict.predictor",
+    "Predictor": "hyperlapse.predict.predictor",
+    "build_zoo": "hyperlapse.zoo.builders",
+    "open_zoo": "hyperlapse.zoo.reader",
 }
 
 __all__ = ["HyperlapseError", "check_mlp", "describe_mlp", "__version__", *_LAZY]

@@ -216,6 +216,167 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"failed: {row['store']}: {row['error']}", file=sys.stderr)
     return 1 if failed else 0
 
+# -- zoo and predict (weights as data) -----------------------------------------------------------
+def _add_zoo(sub: argparse._SubParsersAction) -> None:
+    from .zoo.builders import ZOOS
+
+    names = "; ".join(f"{n}: {spec.description}" for n, spec in ZOOS.items())
+    p = sub.add_parser(
+        "zoo",
+        help="build a zoo of small recorded MLPs (a data set of trajectories)",
+        description="Train a population of small MLPs at once (stacked parameters, batched "
+        "matmuls), recorded by the TrajectoryRecorder into a few population stores in OUT, "
+        f"with their labels. Zoos: {names}. Data ships with scikit-learn or is generated; "
+        "nothing is downloaded. Resumable: run the same command again after a kill and the "
+        "build continues at the first unfinished block (nothing is duplicated).",
+    )
+    p.add_argument("name", choices=sorted(ZOOS), help="which zoo")
+    p.add_argument("--out", required=True, help="zoo folder (created; resumed if it holds "
+                   "the same zoo)")
+    p.add_argument("--runs", type=int, default=None, help="number of runs (default: digits-inr "
+                   "1797 (every image), sines 1000, digits-generalisation 300)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    p.add_argument("--shared-init", action="store_true", help="start every run from one "
+                   "initialisation (the easy reference; default: each run its own)")
+    p.add_argument("--block-size", type=int, default=None, help="runs trained together per "
+                   "block, the unit of resumption (default: per zoo)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_zoo)
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .zoo.builders import build_zoo
+
+    zoo = build_zoo(args.name, args.out, runs=args.runs, seed=args.seed,
+                    shared_init=args.shared_init, block_size=args.block_size, quiet=args.quiet)
+    print(f"{zoo.name}: {len(zoo)} runs in {args.out}")
+    if zoo and "psnr" in zoo[0].attrs:
+        psnr = zoo.labels("psnr")
+        print(f"PSNR mean {psnr.mean():.1f} dB (min {psnr.min():.1f})")
+    if zoo and "test_acc" in zoo[0].attrs:
+        acc = zoo.labels("test_acc")
+        print(f"test accuracy mean {np.mean(acc):.3f} (range {np.min(acc):.3f}..{np.max(acc):.3f})")
+    return 0
+
+
+def _open_runs(paths: Sequence[str]) -> list:
+    """Runs from store paths/globs and zoo folders (a zoo contributes every run)."""
+    import os
+
+    from .store.reader import open_trajectories
+    from .zoo.reader import MANIFEST, open_zoo
+
+    runs: list = []
+    for path in paths:
+        if os.path.isfile(os.path.join(path, MANIFEST)):
+            runs += list(open_zoo(path))
+        else:
+            runs += open_trajectories(path)
+    return runs
+
+
+def _snapshots(text: str) -> str | float:
+    if text in ("last", "all"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'last', 'all' or a fraction such as 0.2, got {text!r}") from None
+
+
+_PREDICT_HELP = """\
+Learn from a collection of recorded runs: map each run's trajectory (or its first part, or
+its last snapshot) to a label. RUNS are trajectory stores (paths or globs such as
+'sweep/*.zarr') and zoo folders. Example, early stopping of a sweep: after 20 % of each run,
+rank the runs by predicted final accuracy:
+
+  hyperlapse predict fit old-sweep/*.zarr --target metric:val_acc --task rank \\
+      --snapshots 0.2 --out ranker.pt
+  hyperlapse predict apply ranker.pt new-sweep/*.zarr
+"""
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="learn a label from runs' trajectories and apply it",
+                       description=_PREDICT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    psub = p.add_subparsers(dest="predict_command", metavar="{fit,apply}", required=True)
+    f = psub.add_parser(
+        "fit", help="train a predictor on runs and their targets",
+        description="Train a predictor (features of each run -> target), report its k-fold "
+        "cross-validated score, and save it. Targets: 'attr:NAME' reads a store attribute or "
+        "zoo label (e.g. attr:digit, attr:test_acc), 'metric:NAME' the last logged value of "
+        "a metric (e.g. metric:val_acc).")
+    f.add_argument("runs", nargs="+", metavar="RUNS", help="stores, globs or zoo folders")
+    f.add_argument("--target", required=True, help="attr:NAME or metric:NAME")
+    f.add_argument("--task", choices=["classify", "regress", "rank"], default="classify",
+                   help="classify labels, regress numbers, or rank runs (Kendall tau) "
+                   "(default: %(default)s)")
+    f.add_argument("--snapshots", type=_snapshots, default="all", help="'last' (T = 1), "
+                   "'all', or the first fraction of each run, e.g. 0.2 (default: %(default)s)")
+    f.add_argument("--features", choices=["stats", "loss-curve", "flat"], default="stats",
+                   help="per-layer weight statistics per snapshot, the logged metrics only, or "
+                   "the raw weights (default: %(default)s)")
+    f.add_argument("--model", choices=["gbt", "linear", "mlp"], default="gbt",
+                   help="gradient-boosted trees, linear, or MLP (default: %(default)s)")
+    f.add_argument("--folds", type=int, default=5, help="cross-validation folds, 0 = skip "
+                   "(default: %(default)s)")
+    f.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    f.add_argument("--out", required=True, help="where to save the predictor (e.g. model.pt)")
+    f.set_defaults(func=_cmd_predict_fit)
+    a = psub.add_parser(
+        "apply", help="apply a saved predictor to runs",
+        description="Print one prediction per run (tab-separated: run, prediction); with "
+        "--target also the score against the true targets. Load only predictors you trust "
+        "(the scikit-learn model inside is pickled).")
+    a.add_argument("model", metavar="MODEL", help="a predictor saved by 'predict fit'")
+    a.add_argument("runs", nargs="+", metavar="RUNS", help="stores, globs or zoo folders")
+    a.add_argument("--target", default=None, help="attr:NAME or metric:NAME to score against")
+    a.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    a.set_defaults(func=_cmd_predict_apply)
+
+
+def _cmd_predict_fit(args: argparse.Namespace) -> int:
+    from .predict.predictor import cross_validate, fit_predictor, resolve_targets
+
+    runs = _open_runs(args.runs)
+    targets = resolve_targets(runs, args.target)
+    kw = dict(snapshots=args.snapshots, features=args.features, model=args.model)
+    if args.folds:
+        cv = cross_validate(runs, targets, args.task, folds=args.folds, seed=args.seed, **kw)
+        mean = cv["mean"] if isinstance(cv["mean"], list) else [cv["mean"]]
+        std = cv["std"] if isinstance(cv["std"], list) else [cv["std"]]
+        text = ", ".join(f"{m:.4f} +- {s:.4f}" for m, s in zip(mean, std, strict=True))
+        print(f"{args.folds}-fold cross-validated {cv['metric']}: {text}")
+    predictor = fit_predictor(runs, targets, args.task, seed=args.seed, **kw)
+    predictor.save(args.out)
+    print(f"{predictor!r} on {len(runs)} runs -> {args.out}")
+    return 0
+
+
+def _cmd_predict_apply(args: argparse.Namespace) -> int:
+    from .predict.predictor import Predictor, resolve_targets
+
+    predictor = Predictor.load(args.model)
+    runs = _open_runs(args.runs)
+    pred = predictor.predict(runs)
+    score = None
+    if args.target:
+        score = predictor.score(runs, resolve_targets(runs, args.target))
+    rows = [{"run": getattr(r, "location", str(i)), "prediction": p.tolist()}
+            for i, (r, p) in enumerate(zip(runs, pred, strict=True))]
+    if args.json:
+        print(json.dumps({"predictions": rows, "score": score}, indent=1))
+        return 0
+    for row in rows:
+        print(f"{row['run']}\t{row['prediction']}")
+    if score is not None:
+        print(f"score: {score}")
+    return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -231,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_ADDERS = [_add_demo, _add_info, _add_analyze, _add_watch, _add_sweep]
+_ADDERS = [_add_demo, _add_info, _add_analyze, _add_watch, _add_sweep, _add_zoo, _add_predict]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,437 @@
+"""Weights as data: zoo build speed, and what a collection of trajectories tells about its runs.
+
+1. ``build``: a digits-inr zoo trained as populations (stacked parameters, batched matmuls,
+   recorded by ``TrajectoryRecorder`` into one store per block) against the same runs trained
+   one by one, each with its own recorder and store (interleaved: half of the one-by-one runs
+   before the population build, half after; medians). Also files and bytes on disk per run.
+2. ``tasks``: meta-tasks on the zoos, 3 seeds (each seed: its own split and model seed; every
+   row of a task uses the same splits):
+   * digits-inr (random init, and shared init): accuracy of the digit from the INR's trajectory;
+   * sines: test MSE of (a, f, p);
+   * digits-generalisation: Kendall tau of the predicted final test accuracy, from the whole
+     trajectory and from its first 20 %.
+   Rows: weight statistics (StatNN) at T = 1 and T > 1, the loss/accuracy curve alone, the
+   flattened weights, the trivial predictors, the pixel SVC ceiling, a permutation check, and
+   the temporal encoder rows (not yet measured: they come with the batched encoder).
+
+Usage: ``python benchmarks/weights_as_data.py [--quick] [--out PATH] [--work DIR]``.
+``--quick`` (seconds, the smoke test) uses tiny zoos and one seed and writes nothing unless
+``--out`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hyperlapse import TrajectoryRecorder
+from hyperlapse.predict.features import PermutedRun
+from hyperlapse.predict.predictor import fit_predictor
+from hyperlapse.zoo import ZOOS, build_zoo, open_zoo
+from hyperlapse.zoo.builders import INR_ACTIVATIONS, INR_EVERY, INR_LR, INR_STEPS, INR_WIDTHS
+from hyperlapse.zoo.population import PopulationMLP, run_generator
+
+FULL = {"inr_runs": 1797, "one_by_one": 24, "sines_runs": 1000, "gen_runs": 400,
+        "seeds": [0, 1, 2], "scale": 1.0, "model": "gbt", "shared_init_task": True}
+QUICK = {"inr_runs": 40, "one_by_one": 2, "sines_runs": 30, "gen_runs": 12, "seeds": [0],
+         "scale": 0.1, "model": "linear", "shared_init_task": False}
+MODEL_NAMES = {"gbt": "GBT", "linear": "linear"}
+NOT_YET = "not yet measured (batched encoder: next session)"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "note": "2 shared cores; other engineers' tests and benchmarks were running at the same "
+        "time, so wall times are noisy: speeds are reported as ratios measured in the same run "
+        "(interleaved), with CPU time beside wall time.",
+    }
+
+
+def _files_and_bytes(path: Path) -> tuple[int, int]:
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+# -- 1. build speed -----------------------------------------------------------------------------
+def _one_by_one(work: Path, runs: list[int], seed: int, steps: int) -> list[dict[str, float]]:
+    """Train digits-inr runs one at a time, each with its own recorder and store."""
+    from sklearn.datasets import load_digits
+
+    X, _ = load_digits(return_X_y=True)
+    grid = torch.linspace(-1, 1, 8)
+    coords = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), dim=-1).reshape(64, 2)
+    out = []
+    for r in runs:
+        t0, c0 = time.perf_counter(), time.process_time()
+        pop = PopulationMLP(1, INR_WIDTHS, INR_ACTIVATIONS)
+        pop.init_runs([run_generator(seed, r)])
+        net = pop.member(0)
+        target = torch.tensor(X[r] / 16.0, dtype=torch.float32).unsqueeze(-1)
+        opt = torch.optim.Adam(net.parameters(), lr=INR_LR)
+        store = work / f"run-{r:04d}.zarr"
+        with TrajectoryRecorder(store, net, every=INR_EVERY, flush_every_s=None) as rec:
+            rec.attach(opt)
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                loss = ((net(coords) - target) ** 2).mean()
+                loss.backward()
+                opt.step()
+                rec.log(loss=loss.detach())
+        files, nbytes = _files_and_bytes(store)
+        out.append({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                    "files": files, "bytes": nbytes})
+    return out
+
+
+def bench_build(cfg: dict[str, Any], work: Path) -> tuple[dict[str, Any], Path]:
+    torch.set_num_threads(1)  # what build_zoo uses; the same for both sides
+    n_one = cfg["one_by_one"]
+    half = n_one // 2
+    steps = max(20, round(INR_STEPS * cfg["scale"]))
+    one = _one_by_one(work / "one", list(range(half)), 0, steps)
+    zoo_dir = work / "digits-inr"
+    shutil.rmtree(zoo_dir, ignore_errors=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    zoo = build_zoo("digits-inr", zoo_dir, runs=cfg["inr_runs"], quiet=True, scale=cfg["scale"])
+    pop_wall, pop_cpu = time.perf_counter() - t0, time.process_time() - c0
+    one += _one_by_one(work / "one", list(range(half, n_one)), 0, steps)
+    files, nbytes = _files_and_bytes(zoo_dir)
+    one_wall = statistics.median(o["wall_s"] for o in one)
+    one_cpu = statistics.median(o["cpu_s"] for o in one)
+    walls = sorted(o["wall_s"] for o in one)
+    n = len(zoo)
+    res = {
+        "runs": n,
+        "block_size": ZOOS["digits-inr"].block_size,
+        "population": {"wall_s": pop_wall, "cpu_s": pop_cpu, "runs_per_s": n / pop_wall,
+                       "runs_per_cpu_s": n / pop_cpu, "files": files, "bytes": nbytes,
+                       "stores": len(list(zoo_dir.glob("*.zarr")))},
+        "one_by_one": {"runs_timed": len(one), "median_wall_s_per_run": one_wall,
+                       "min_max_wall_s_per_run": [walls[0], walls[-1]],
+                       "median_cpu_s_per_run": one_cpu, "runs_per_s": 1 / one_wall,
+                       "files_per_run": statistics.median(o["files"] for o in one),
+                       "bytes_per_run": statistics.median(o["bytes"] for o in one)},
+        "speedup_wall": (n / pop_wall) * one_wall,
+        "speedup_cpu": (n / pop_cpu) * one_cpu,
+        "psnr_db": {"mean": float(zoo.labels("psnr").mean()),
+                    "min": float(zoo.labels("psnr").min())},
+    }
+    res["one_by_one"]["files_for_all_runs"] = res["one_by_one"]["files_per_run"] * n
+    return res, zoo_dir
+
+
+# -- 2. meta-tasks ------------------------------------------------------------------------------
+def _split(n: int, seed: int, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(np.arange(n), test_size=0.3, random_state=seed, stratify=y)
+
+
+def _summary(values: list[Any]) -> dict[str, Any]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": arr.mean(0).tolist(), "std": arr.std(0).tolist(), "per_seed": arr.tolist()}
+
+
+def _fit_score(runs, y, tr, te, task, seed, **kw) -> Any:
+    p = fit_predictor([runs[i] for i in tr], y[tr], task, seed=seed, **kw)
+    return p.score([runs[i] for i in te], y[te])
+
+
+def task_digits_inr(zoo_dir: Path, seeds: list[int], permute: bool) -> dict[str, Any]:
+    from sklearn.datasets import load_digits
+    from sklearn.svm import SVC
+
+    zoo = open_zoo(zoo_dir)
+    runs = list(zoo)
+    y = zoo.labels("digit")
+    images, _ = load_digits(return_X_y=True)
+    images = images[zoo.labels("image")]
+    permuted = [PermutedRun(r, torch.Generator().manual_seed(1000 + i))
+                for i, r in enumerate(runs)]
+    rows: dict[str, list[Any]] = {}
+
+    def add(name: str, value: Any) -> None:
+        rows.setdefault(name, []).append(value)
+
+    for seed in seeds:
+        tr, te = _split(len(runs), seed, y)
+        lin = {"model": "linear"}
+        add("stats T=1 (logistic regression)",
+            _fit_score(runs, y, tr, te, "classify", seed, snapshots="last", **lin))
+        add("stats T>1 (logistic regression)",
+            _fit_score(runs, y, tr, te, "classify", seed, snapshots="all", **lin))
+        add("flattened weights T=1 (logistic regression)",
+            _fit_score(runs, y, tr, te, "classify", seed, snapshots="last", features="flat",
+                       **lin))
+        if permute:
+            add("permuted: stats T>1 (logistic regression)",
+                _fit_score(permuted, y, tr, te, "classify", seed, snapshots="all", **lin))
+            add("permuted: flattened weights T=1 (logistic regression)",
+                _fit_score(permuted, y, tr, te, "classify", seed, snapshots="last",
+                           features="flat", **lin))
+        svc = SVC().fit(images[tr], y[tr])
+        add("pixel SVC on the images (ceiling)", float(svc.score(images[te], y[te])))
+        add("majority class (trivial)", float(np.mean(y[te] == np.bincount(y[tr]).argmax())))
+    out = {name: _summary(v) for name, v in rows.items()}
+    for name in ("hyperbolic encoder T>1", "hyperbolic encoder T=1",
+                 "Euclidean encoder T>1 (matched scales)"):
+        out[name] = NOT_YET
+    out["_metric"] = "accuracy (30 % held out)"
+    out["_runs"] = len(runs)
+    out["_psnr_mean_db"] = float(zoo.labels("psnr").mean())
+    return out
+
+
+def task_sines(zoo_dir: Path, seeds: list[int], model: str) -> dict[str, Any]:
+    zoo = open_zoo(zoo_dir)
+    runs = list(zoo)
+    y = np.stack([zoo.labels(k) for k in ("a", "f", "p")], 1)
+    rows: dict[str, list[Any]] = {}
+    for seed in seeds:
+        tr, te = _split(len(runs), seed, None)
+        m = MODEL_NAMES[model]
+        for name, kw in ((f"stats T=1 ({m})", {"snapshots": "last", "model": model}),
+                         (f"stats T>1 ({m})", {"snapshots": "all", "model": model}),
+                         ("flattened weights T=1 (ridge)",
+                          {"snapshots": "last", "features": "flat", "model": "linear"})):
+            rows.setdefault(name, []).append(
+                _fit_score(runs, y, tr, te, "regress", seed, **kw))
+        mean = y[tr].mean(0)
+        rows.setdefault("training mean (trivial)", []).append(
+            ((y[te] - mean) ** 2).mean(0).tolist())
+    out: dict[str, Any] = {name: _summary(v) for name, v in rows.items()}
+    out["hyperbolic encoder T>1"] = NOT_YET
+    out["hyperbolic encoder T=1"] = NOT_YET
+    out["_metric"] = "test MSE of (a, f, p) (30 % held out)"
+    out["_runs"] = len(runs)
+    out["_psnr_mean_db"] = float(zoo.labels("psnr").mean())
+    return out
+
+
+def task_generalisation(zoo_dir: Path, seeds: list[int], model: str) -> dict[str, Any]:
+    from scipy.stats import kendalltau
+
+    zoo = open_zoo(zoo_dir)
+    runs = list(zoo)
+    y = zoo.labels("test_acc").astype(np.float64)
+    rows: dict[str, list[Any]] = {}
+    hp = np.stack([np.log10(zoo.labels("lr")), np.log10(zoo.labels("weight_decay")),
+                   zoo.labels("label_noise"), zoo.labels("epochs"), zoo.labels("width"),
+                   zoo.labels("depth")], 1)
+    for seed in seeds:
+        tr, te = _split(len(runs), seed, None)
+        m = MODEL_NAMES[model]
+        for name, kw in (
+            (f"whole: stats T>1 ({m})", {"snapshots": "all"}),
+            (f"whole: stats T=1, last snapshot ({m})", {"snapshots": "last"}),
+            (f"whole: loss/accuracy curve alone ({m})", {"snapshots": "all",
+                                                          "features": "loss-curve"}),
+            (f"first 20 %: stats ({m})", {"snapshots": 0.2}),
+            (f"first 20 %: loss/accuracy curve alone ({m})", {"snapshots": 0.2,
+                                                              "features": "loss-curve"}),
+        ):
+            rows.setdefault(name, []).append(
+                _fit_score(runs, y, tr, te, "rank", seed, model=model, **kw))
+        # trivial predictors: no model, the validation accuracy observed at the cut
+        for name, frac in (("whole: validation accuracy at the end (trivial)", 1.0),
+                           ("first 20 %: validation accuracy at the cut (trivial)", 0.2)):
+            val = [r.metrics["val_acc"][max(1, math.ceil(frac * len(r))) - 1]
+                   for r in (runs[i] for i in te)]
+            rows.setdefault(name, []).append(float(kendalltau(y[te], val).statistic))
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        m = HistGradientBoostingRegressor(max_iter=200, min_samples_leaf=10,
+                                          random_state=seed).fit(hp[tr], y[tr])
+        rows.setdefault("hyperparameters alone (GBT)", []).append(
+            float(kendalltau(y[te], m.predict(hp[te])).statistic))
+    out: dict[str, Any] = {name: _summary(v) for name, v in rows.items()}
+    out["whole: hyperbolic encoder T>1"] = NOT_YET
+    out["first 20 %: hyperbolic encoder"] = NOT_YET
+    out["_metric"] = "Kendall tau of predicted vs true final test accuracy (30 % held out)"
+    out["_runs"] = len(runs)
+    out["_test_acc_range"] = [float(y.min()), float(y.max())]
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    mean, std = v["mean"], v["std"]
+    if isinstance(mean, list):
+        return ", ".join(f"{m:.3f} +- {s:.3f}" for m, s in zip(mean, std, strict=True))
+    return f"{mean:.3f} +- {std:.3f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    b = results["build"]
+    one = b["one_by_one"]
+    lines = [
+        "# Weights as data (benchmarks/weights_as_data.py)", "",
+        f"Machine: {results['machine']['processor']}, {results['machine']['cpu_count']} cores "
+        f"shared with other engineers' work (load average at start "
+        f"{results['machine']['load_average_at_start']}). Wall times are noisy; ratios are "
+        f"measured in the same run, interleaved. Seeds: {results['seeds']}; mean +- std over "
+        f"seeds, each seed its own 70/30 split, the same for every row.", "",
+        "## Zoo build: populations vs one run at a time (both recorded)", "",
+        "| | runs/s (wall) | runs per CPU-s | files | MB |", "|---|---|---|---|---|",
+        f"| population ({b['runs']} runs, {b['population']['stores']} stores) | "
+        f"{b['population']['runs_per_s']:.1f} | {b['population']['runs_per_cpu_s']:.1f} | "
+        f"{b['population']['files']} | {b['population']['bytes'] / 1e6:.1f} |",
+        f"| one by one (median of {one['runs_timed']} runs) | {one['runs_per_s']:.2f} | "
+        f"{1 / one['median_cpu_s_per_run']:.2f} | {one['files_per_run']:.0f} per run "
+        f"({one['files_for_all_runs']:.0f} for {b['runs']}) | "
+        f"{one['bytes_per_run'] * b['runs'] / 1e6:.1f} |", "",
+        f"Speed-up: **{b['speedup_wall']:.1f}x** wall, {b['speedup_cpu']:.1f}x CPU time "
+        f"(blocks of {b.get('block_size', '?')} runs; load average when measured: "
+        f"{results.get('build_machine', results['machine'])['load_average_at_start']}). "
+        f"INR fit: mean PSNR {b['psnr_db']['mean']:.1f} dB (min {b['psnr_db']['min']:.1f}).", "",
+    ]
+    for task, rows in results["tasks"].items():
+        lines += [f"## {task}: {rows['_metric']}, {rows['_runs']} runs", "",
+                  "| row | score |", "|---|---|"]
+        lines += [f"| {name} | {_fmt(v)} |" for name, v in rows.items()
+                  if not name.startswith("_")]
+        lines.append("")
+    if "permutation_rows_note" in results:
+        lines.append(f"Note: {results['permutation_rows_note']}.")
+    lines.append(f"Total time of the full run: {results['total_s']:.0f} s (wall, shared machine).")
+    return "\n".join(lines) + "\n"
+
+
+def _only_permutation(args: argparse.Namespace) -> dict[str, Any]:
+    """Re-measure the stats T>1 rows and their permutation check on existing INR zoos."""
+    out = Path(args.out or "benchmarks/results/weights_as_data.json")
+    results = json.loads(out.read_text())
+    work = Path(args.work)
+    for task, folder in (("digits-inr (random init)", "digits-inr"),
+                         ("digits-inr (shared init)", "digits-inr-shared")):
+        zoo = open_zoo(work / folder)
+        runs = list(zoo)
+        y = zoo.labels("digit")
+        permuted = [PermutedRun(r, torch.Generator().manual_seed(1000 + i))
+                    for i, r in enumerate(runs)]
+        plain, perm = [], []
+        for seed in results["seeds"]:
+            tr, te = _split(len(runs), seed, y)
+            kw = {"model": "linear", "snapshots": "all"}
+            plain.append(_fit_score(runs, y, tr, te, "classify", seed, **kw))
+            perm.append(_fit_score(permuted, y, tr, te, "classify", seed, **kw))
+        results["tasks"][task]["stats T>1 (logistic regression)"] = _summary(plain)
+        results["tasks"][task]["permuted: stats T>1 (logistic regression)"] = _summary(perm)
+        print(task, plain, perm, flush=True)
+    results["permutation_rows_note"] = (
+        "the stats T>1 rows and their permutation check were re-measured after the moments "
+        "were made order-independent (sorted before summing): bit-identical features")
+    out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
+    return results
+
+
+def _only_build(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = QUICK if args.quick else FULL
+    out = Path(args.out or "benchmarks/results/weights_as_data.json")
+    results = json.loads(out.read_text())
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            build, _ = bench_build(cfg, Path(args.work or tmp))
+        finally:
+            torch.set_num_threads(threads)
+    results["build"] = build
+    results["build_machine"] = machine()
+    out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seconds: tiny zoos, one seed")
+    parser.add_argument("--out", default=None, help="results JSON (a .md is written beside it; "
+                        "default: benchmarks/results/weights_as_data.json; --quick: not written)")
+    parser.add_argument("--work", default=None, help="folder for the zoos (default: a temp dir)")
+    parser.add_argument("--only-build", action="store_true", help="re-measure the build speed "
+                        "only and replace that section of an existing results file")
+    parser.add_argument("--only-permutation", action="store_true", help="re-measure the stats "
+                        "T>1 rows and the permutation check on the zoos in --work")
+    args = parser.parse_args(argv)
+    if args.only_permutation:
+        return _only_permutation(args)
+    if args.only_build:
+        return _only_build(args)
+    cfg = QUICK if args.quick else FULL
+    t_start = time.perf_counter()
+    tmp = None
+    if args.work:
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory()
+        work = Path(tmp.name)
+    threads = torch.get_num_threads()
+    try:
+        results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "config": cfg,
+                                   "seeds": cfg["seeds"]}
+        build, inr_dir = bench_build(cfg, work)
+        results["build"] = build
+        print(f"build: {build['speedup_wall']:.1f}x wall, {build['speedup_cpu']:.1f}x CPU",
+              flush=True)
+        shared_dir = work / "digits-inr-shared"
+        sines_dir = work / "sines"
+        gen_dir = work / "digits-generalisation"
+        sc = {"quiet": True, "scale": cfg["scale"]}
+        if cfg["shared_init_task"]:
+            build_zoo("digits-inr", shared_dir, runs=cfg["inr_runs"], shared_init=True, **sc)
+        build_zoo("sines", sines_dir, runs=cfg["sines_runs"], **sc)
+        build_zoo("digits-generalisation", gen_dir, runs=cfg["gen_runs"], **sc)
+        torch.set_num_threads(threads)
+        seeds = cfg["seeds"]
+        tasks = {}
+        tasks["digits-inr (random init)"] = task_digits_inr(inr_dir, seeds, permute=True)
+        print("digits-inr random done", flush=True)
+        if cfg["shared_init_task"]:
+            tasks["digits-inr (shared init)"] = task_digits_inr(shared_dir, seeds, permute=True)
+            print("digits-inr shared done", flush=True)
+        tasks["sines"] = task_sines(sines_dir, seeds, cfg["model"])
+        print("sines done", flush=True)
+        if cfg["gen_runs"] >= 12:
+            tasks["digits-generalisation"] = task_generalisation(gen_dir, seeds, cfg["model"])
+        results["tasks"] = tasks
+        results["total_s"] = time.perf_counter() - t_start
+        results["machine"]["load_average_at_end"] = (
+            os.getloadavg() if hasattr(os, "getloadavg") else None)
+    finally:
+        torch.set_num_threads(threads)
+        if tmp is not None:
+            tmp.cleanup()
+    out = args.out or (None if args.quick else "benchmarks/results/weights_as_data.json")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=1))
+        Path(out).with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "weights_as_data.py"
+
+
+@pytest.mark.slow
+def test_weights_as_data_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location("weights_as_data", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "r.json"
+    res = module.main(["--quick", "--out", str(out), "--work", str(tmp_path / "work")])
+    assert out.exists() and out.with_suffix(".md").exists()
+    build = res["build"]
+    assert build["runs"] == 40 and build["speedup_wall"] > 1
+    assert build["population"]["files"] < build["one_by_one"]["files_for_all_runs"]
+    inr = res["tasks"]["digits-inr (random init)"]
+    # stats features are invariant to hidden-neuron permutations: identical accuracy
+    assert inr["permuted: stats T>1 (logistic regression)"]["per_seed"] == (
+        inr["stats T>1 (logistic regression)"]["per_seed"])
+    assert inr["hyperbolic encoder T>1"].startswith("not yet measured")
+    assert len(res["tasks"]["sines"]["stats T>1 (linear)"]["mean"]) == 3
+    assert "Kendall" in res["tasks"]["digits-generalisation"]["_metric"]

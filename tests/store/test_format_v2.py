@@ -300,3 +300,19 @@ def test_dask_reads_live_and_closed_stores(tmp_path) -> None:
     arr = zarr.open_group(path, mode="r")["params/w"]
     closed = da.from_zarr(arr, chunks=arr.shards).compute()
     assert np.array_equal(closed, live)
+
+
+def test_all_nan_metric_chunks_are_written_not_taken_for_damage(tmp_path) -> None:
+    # zarr skips a chunk equal to the fill value (NaN for metrics) unless told otherwise; a
+    # skipped chunk below `committed` would read as damage
+    path = tmp_path / "run.zarr"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2))
+    with TrajectoryRecorder(path, model, every=1, snapshots_per_chunk=4) as rec:
+        rec.capture(step=0)
+        rec.log(late=float("nan"))
+        rec.capture(step=1)
+        rec.log(late=float("nan"), loss=1.0)
+    metrics = open_trajectory(path).metrics
+    assert np.isnan(metrics["late"]).all() and metrics["loss"].tolist()[-1] == 1.0
+    assert main(["info", "--verify", str(path)]) == 0

@@ -316,7 +316,8 @@ class StoreWriter:
         )
 
     def _handle(self, path: str) -> zarr.Array:
-        return zarr.open_array(self.group.store, path=path, mode="r+", config=_WRITE_ALL)
+        # open_array ignores config=; with_config is what makes zarr write all-NaN chunks
+        return zarr.open_array(self.group.store, path=path, mode="r+").with_config(_WRITE_ALL)
 
     @staticmethod
     def _stored(dtype: str) -> str:

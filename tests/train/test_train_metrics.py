@@ -8,7 +8,14 @@ import pytest
 import torch
 from train_helpers import one_thread  # noqa: F401 (autouse fixture)
 
-from hyperlapse.train.metrics import accuracy, average_precision, rankdata, roc_auc, spearman
+from hyperlapse.train.metrics import (
+    accuracy,
+    average_precision,
+    rankdata,
+    roc_auc,
+    roc_auc_and_ap,
+    spearman,
+)
 
 
 def test_hand_computed_values():
@@ -25,6 +32,8 @@ def test_hand_computed_values():
     assert accuracy([1, 0], [1, 1]) == 0.5
     assert math.isnan(roc_auc([0.1, 0.2], [1, 1]))
     assert math.isnan(average_precision([0.1, 0.2], [0, 0]))
+    auc, ap = roc_auc_and_ap([0.1, 0.2], [1, 1])  # one class: AUC undefined, AP is 1
+    assert math.isnan(auc) and ap == average_precision([0.1, 0.2], [1, 1]) == 1.0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -38,6 +47,9 @@ def test_agrees_with_scikit_learn(seed):
     assert average_precision(scores, labels) == pytest.approx(
         sk.average_precision_score(labels, scores), abs=1e-12
     )
+    joint = roc_auc_and_ap(scores, labels)  # one sort, same numbers (ties included)
+    assert joint == pytest.approx((sk.roc_auc_score(labels, scores),
+                                   sk.average_precision_score(labels, scores)), abs=1e-12)
     other = scores + torch.randn(200, generator=gen, dtype=torch.float64) * 5
     want = stats.spearmanr(scores.numpy(), other.numpy()).statistic
     assert spearman(scores, other) == pytest.approx(want, abs=1e-12)

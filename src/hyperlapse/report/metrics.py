@@ -39,12 +39,12 @@ def auc_ap(scores: Tensor, labels: Tensor) -> tuple[float | None, float | None]:
         >>> auc_ap(torch.tensor([0.9]), torch.tensor([1]))
         (None, None)
     """
-    from ..train.metrics import average_precision, roc_auc
+    from ..train.metrics import roc_auc_and_ap
 
     labels = labels.detach().flatten().bool()
     if labels.all() or not labels.any():
         return None, None
-    return roc_auc(scores, labels), average_precision(scores, labels)
+    return roc_auc_and_ap(scores, labels)
 
 
 def layer_stats(

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..graph.links import top_fraction
-from .metrics import average_precision, roc_auc
+from .metrics import roc_auc_and_ap
 
 __all__ = [
     "TARGETS",
@@ -407,9 +407,10 @@ def forecast_metrics(
         cand, lab = targets.candidates[name], targets.labels[name]
         s = scores[name][cand]
         both = bool(lab.any()) and not bool(lab.all())
+        auc, ap = roc_auc_and_ap(s, lab) if both else (float("nan"), float("nan"))
         out[name] = {
-            "auc": roc_auc(s, lab) if both else float("nan"),
-            "ap": average_precision(s, lab) if both else float("nan"),
+            "auc": auc,
+            "ap": ap,
             "base_rate": targets.base_rate(name),
             "positives": int(lab.sum()),
             "candidates": int(lab.numel()),

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["rankdata", "roc_auc", "average_precision", "spearman", "accuracy"]
+__all__ = ["rankdata", "roc_auc", "average_precision", "roc_auc_and_ap", "spearman", "accuracy"]
 
 
 def _flat(x) -> Tensor:
@@ -85,6 +85,41 @@ def average_precision(scores, labels) -> float:
     recall = tp / n_pos
     prev = torch.cat([torch.zeros(1, dtype=torch.float64), recall[:-1]])
     return float(((recall - prev) * precision).sum())
+
+
+def roc_auc_and_ap(scores, labels) -> tuple[float, float]:
+    """:func:`roc_auc` and :func:`average_precision` from one sort (the cost of scoring every
+    edge of a large MLP is mostly sorting: one sort instead of two halves it).
+
+    Both are computed per distinct score: AUC from the average rank of each group of tied
+    scores, AP from the precision and recall at each distinct threshold, descending.
+
+    Example:
+        >>> roc_auc_and_ap([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+        (0.75, 0.8333333333333333)
+    """
+    s, y = _flat(scores), (_flat(labels) > 0.5).to(torch.float64)
+    n = s.numel()
+    n_pos = float(y.sum())
+    if n_pos == 0:
+        return math.nan, math.nan
+    n_neg = n - n_pos
+    ss, order = torch.sort(s)
+    new_group = torch.ones(n, dtype=torch.bool)
+    new_group[1:] = ss[1:] != ss[:-1]
+    group = torch.cumsum(new_group.long(), 0) - 1
+    counts = torch.bincount(group).to(torch.float64)
+    positives = torch.bincount(group, weights=y[order])
+    if n_neg > 0:
+        avg_rank = torch.cumsum(counts, 0) - (counts - 1) / 2.0
+        auc = float(((positives * avg_rank).sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    else:
+        auc = math.nan
+    tp = torch.cumsum(positives.flip(0), 0)
+    seen = torch.cumsum(counts.flip(0), 0)
+    recall = tp / n_pos
+    prev = torch.cat([torch.zeros(1, dtype=torch.float64), recall[:-1]])
+    return auc, float(((recall - prev) * (tp / seen)).sum())
 
 
 def spearman(x, y) -> float:

@@ -264,3 +264,26 @@ def test_online_baselines_are_the_benchmarks(run_factory):
                     a, b = got[name][f"{target}_{k}"], m[k]
                     assert (a is None and math.isnan(b)) or a == pytest.approx(b, abs=1e-9), (
                         t, name, target, k)
+
+
+def test_drift_noise_floor_is_the_drift_of_an_unchanged_snapshot(small_run):
+    """The floor predicts exactly the drift the next update shows when the weights do not
+    change (frozen encoder: nothing else moves), and measuring it leaves the run untouched."""
+    arch, states, _, _ = small_run
+    kw = {**KW, "train_encoder": False}
+    online = OnlineEncoder(arch, noise_every=1, **kw)
+    reports = [online.update(states[0], t) for t in range(3)]
+    assert all(layer["drift_noise"] is None for layer in reports[0]["layers"])
+    for floor, seen in zip(reports[1]["layers"], reports[2]["layers"], strict=True):
+        assert floor["drift_noise"] > 0
+        assert seen["drift_mean"] == pytest.approx(floor["drift_noise"], rel=1e-6, abs=1e-9)
+        assert seen["drift_per_step"] == pytest.approx(seen["drift_mean"])  # 1 step apart
+    # the measurement changes nothing downstream (trained encoder, real run)
+    arch, states, steps, _ = small_run
+    with_floor, zs_a, _ = _run(arch, states, steps, noise_every=1)
+    without, zs_b, _ = _run(arch, states, steps, noise_every=0)
+    assert torch.equal(zs_a, zs_b)
+    assert all(layer["drift_noise"] is None for r in without for layer in r["layers"])
+    gap = steps[1] - steps[0]
+    layer = with_floor[1]["layers"][1]
+    assert layer["drift_per_step"] == pytest.approx(layer["drift_mean"] / gap)

@@ -105,6 +105,9 @@ class OnlineEncoder:
         probes: probe inputs ``[B, n_0]`` for the input-space geometry (default:
             :func:`default_probes`); ``geometry_every=0`` turns the geometry off.
         geometry_every: compute the geometry every this many snapshots (and at the first).
+        noise_every: re-measure the drift noise floor (``layers[].drift_noise``: the drift
+            when the weights do not change) every this many snapshots, and at the second;
+            ``0`` turns it off. Each measurement costs one more encode and refinement.
         geometry_k: top-``k`` singular values for the log volume element (default: all).
         dtype: of the encoder (``torch.float64`` for bit-stable tests).
         loss_weights: of the refinement and training losses.
@@ -151,12 +154,14 @@ class OnlineEncoder:
         loss_weights: LossWeights | None = None,
         decoder: ChangeDecoder | None = None,
         data_probes: Tensor | None = None,
+        noise_every: int = 10,
     ) -> None:
         widths, _ = check_architecture(architecture)
         for name, value, low in (
             ("refine_steps", refine_steps, 0),
             ("num_hubs", num_hubs, 0),
             ("geometry_every", geometry_every, 0),
+            ("noise_every", noise_every, 0),
         ):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"Expected {name} to be an int >= {low}, got {value!r}.")
@@ -199,6 +204,8 @@ class OnlineEncoder:
         self.loss_weights = loss_weights or LossWeights()
         self.num_hubs = num_hubs
         self.geometry_every = geometry_every
+        self.noise_every = noise_every
+        self._noise: Tensor | None = None  # per-layer drift of a re-encoded unchanged snapshot
         self.geometry_k = geometry_k
         given_probes = probes
         if probes is None and geometry_every:
@@ -360,7 +367,20 @@ class OnlineEncoder:
             radius = dist0(z, manifold=m)
             drift = None if self.z is None else dist(z, self.z, manifold=m)
         node_layer = self._topology["node_layer"]
+        if self.noise_every and self.z is not None and (
+            self._noise is None or self.index % self.noise_every == 0
+        ):
+            self._noise = self._noise_floor(snap, targets, new_state, z, node_layer)
+        lap("noise")
         layers = layer_stats(radius, node_layer, self.widths, drift)
+        gap_now = None if self._prev_step is None else max(int(step) - self._prev_step, 1)
+        for l, entry in enumerate(layers):
+            # drift per optimizer step, and the drift the pipeline shows when the weights do
+            # not change at all: drift below that floor is jitter, not change
+            entry["drift_per_step"] = (
+                None if entry["drift_mean"] is None else entry["drift_mean"] / gap_now
+            )
+            entry["drift_noise"] = None if self._noise is None else float(self._noise[l])
         weights = weight_stats(
             graph.edge_weight,
             graph.edge_layer,
@@ -450,6 +470,31 @@ class OnlineEncoder:
         self._prev_step = int(step)
         self.index += 1
         return jsonable(report)
+
+    def _noise_floor(
+        self, snap: Any, targets: Any, state: Any, z: Tensor, node_layer: Tensor
+    ) -> Tensor:
+        """Per node layer, the mean drift ``d(z', z)`` when the snapshot just encoded arrives
+        again unchanged: encode it once more from the advanced state and refine it anchored to
+        ``z``, as the next update would. Costs one encode and one refinement (every
+        ``noise_every`` snapshots); the encoder's own state is left untouched."""
+        enc = self.encoder
+        with torch.no_grad():
+            z_again, _ = enc.step(snap, state, gap=1.0)
+        z2, _ = refine_snapshot(
+            enc,
+            z_again.detach(),
+            targets,
+            anchor=z.detach(),
+            steps=self.refine_steps,
+            lr=self.refine_lr,
+            weights=self.loss_weights,
+        )
+        with torch.no_grad():
+            d = dist(z2, z, manifold=enc.manifold).to(torch.float64)
+        L1 = len(self.widths)
+        count = torch.bincount(node_layer, minlength=L1).to(torch.float64)
+        return torch.bincount(node_layer, weights=d, minlength=L1) / count.clamp_min(1)
 
     def _score(self, targets, links: Tensor, graph: ParameterGraph, step: int) -> dict[str, Any]:
         """Forecasts of snapshot ``t`` from the state at ``t - 1`` (None at ``t = 0``).

@@ -183,10 +183,11 @@ class ReportSession:
         if len(self.reports) > 1:
             images["Drift"] = P.plot_drift(self.reports, out / "drift.png")
             captions["Drift"] = (
-                "Measures: how far neurons moved in the embedding since the previous snapshot "
-                "(mean and max per layer). Good: large early, small once training settles; "
-                "compare with the sign flips and new links per layer in the JSON report, the "
-                "weight-space change it should follow. Baseline: none."
+                "Measures: how far neurons moved in the embedding per optimizer step (mean per "
+                "layer, drift since the previous snapshot divided by the steps between them). "
+                "Good: large early, small once training settles. Compared with: the noise floor "
+                "(dashed), the drift the pipeline shows when the weights do not change at all; "
+                "drift near or below it is jitter of the embedding, not change in the network."
             )
             images["Prediction scores"] = P.plot_scores(self.reports, out / "scores.png")
             captions["Prediction scores"] = (

@@ -117,20 +117,46 @@ def plot_drift(
     reports: Sequence[Mapping[str, Any]], path: str | Path, *,
     max_inputs: int | None = MAX_INPUTS_DRAWN,
 ) -> Path:
-    """Mean drift ``d(z_t, z_{t-1})`` per layer over optimizer steps (log scale)."""
+    """Mean drift per layer per optimizer step (``drift_mean`` / steps since the previous
+    snapshot, solid) with the drift noise floor on the same scale (dashed, same colour): the
+    drift the pipeline shows when the weights do not change. Log scale."""
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     shown, note = _shown_layers(reports, max_inputs)
+    steps = [r["step"] for r in reports]
     for l in shown:
         layer = reports[0]["layers"][l]
-        xs, ys = _series(reports, lambda r, l=l: r["layers"][l]["drift_mean"])
-        ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=_layer_label(layer))
+        xs, ys, ns = [], [], []
+        for i, rep in enumerate(reports):
+            entry = rep["layers"][l]
+            if entry.get("drift_mean") is None or i == 0:
+                continue
+            gap = max(steps[i] - steps[i - 1], 1)
+            xs.append(rep["step"])
+            ys.append(entry["drift_mean"] / gap)
+            noise = entry.get("drift_noise")
+            ns.append(None if noise is None else noise / gap)
+        (line,) = ax.plot(xs, ys, marker="." if len(xs) < 30 else None,
+                          label=_layer_label(layer))
+        floor = [(x, n) for x, n in zip(xs, ns, strict=True) if n is not None]
+        if floor:
+            ax.plot([x for x, _ in floor], [n for _, n in floor], ls="--", lw=0.9,
+                    color=line.get_color())
     if any(y > 0 for line in ax.get_lines() for y in line.get_ydata()):
         ax.set_yscale("log")
+    if any(r["layers"][0].get("drift_noise") is not None for r in reports):
+        from matplotlib.lines import Line2D
+
+        handles, _ = ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], ls="--", color="grey", label="noise floor (dashed)"))
+        ax.legend(handles=handles, fontsize=7 if len(shown) > 4 else 8,
+                  **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "frameon": False}
+                     if len(shown) > 4 else {}))
+    else:
+        _legend_outside(ax, len(shown))
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("mean drift d(z_t, z_{t-1})")
-    ax.set_title("How far neurons moved since the previous snapshot" + note, fontsize=10)
-    _legend_outside(ax, len(shown))
+    ax.set_ylabel("mean drift per optimizer step")
+    ax.set_title("How far neurons moved, per step, against the noise floor" + note, fontsize=10)
     return _save(fig, path)
 
 

@@ -280,6 +280,7 @@ class TrajectoryRecorder:
             flush_every_s=flush_every_s,
         )
         self.architecture = architecture
+        self._first_index = self.writer.committed  # index of this session's first snapshot
         if self.writer.committed:  # resuming: continue after the last stored step
             self._initial_done = True
             self._step = self._last_captured = self.writer.last_step
@@ -762,7 +763,7 @@ class TrajectoryRecorder:
         try:
             if callable(on_store):
                 assert self.writer is not None
-                on_store(self.writer.location, self.writer.committed)
+                on_store(self.writer.location, self._first_index)
             if callable(on_start) and self.architecture is not None:
                 on_start(self.architecture)
         except Exception as exc:  # noqa: BLE001 - the listener is detached, recording goes on

@@ -246,8 +246,10 @@ class LiveReport:
                     return
                 # not committed yet: the recorder commits at least every flush interval and at
                 # close; give up only if it closed (or stalls for minutes) without it
-                if self._closed or traj.attrs.get("closed") or (
-                    time.monotonic() - waited_since > _CATCH_UP_STALL_S
+                if (
+                    self._closed
+                    or traj.attrs.get("closed")
+                    or (time.monotonic() - waited_since > _CATCH_UP_STALL_S)
                 ):
                     self._give_up(upto)
                     return

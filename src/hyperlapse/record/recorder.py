@@ -224,6 +224,7 @@ class TrajectoryRecorder:
         self._capture_max_s = 0.0
         self._bytes_handed = 0
         self._writer_cpu_s = 0.0
+        self._io_cpu_s = 0.0
         self._report_cpu_s = 0.0
         self._started = time.perf_counter()
         self._report = report
@@ -654,7 +655,7 @@ class TrajectoryRecorder:
         cpu0 = time.thread_time()
         self._last_report: tuple[int, int, dict[str, torch.Tensor], _MetricsSlot] | None = None
         while True:
-            self._writer_cpu_s = time.thread_time() - cpu0
+            self._writer_cpu_s = time.thread_time() - cpu0 + self._io_cpu_s
             due = writer.flush_due()
             if due is not None and due <= 0:
                 self._guarded(self._flush)
@@ -665,7 +666,7 @@ class TrajectoryRecorder:
                 continue
             if item is _CLOSE:
                 self._guarded(self._flush, True)
-                self._writer_cpu_s = time.thread_time() - cpu0
+                self._writer_cpu_s = time.thread_time() - cpu0 + self._io_cpu_s
                 return
             if isinstance(item, tuple):
                 if item[0] == "flush":  # ("flush", done)
@@ -681,14 +682,21 @@ class TrajectoryRecorder:
             self._free.put(item.buf)
 
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn`` unless the writer already failed; keep its exception for the trainer."""
+        """Run ``fn`` unless the writer already failed; keep its exception for the trainer.
+
+        Also counts the CPU time zarr's I/O threads spend meanwhile (the store's writes run
+        there while the writer thread waits for them) into ``writer_cpu_s``.
+        """
         if self._error is not None:
             return None
+        helpers = _io_threads_cpu_s()
         try:
             return fn(*args)
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread
             self._set_error(exc)
             return None
+        finally:
+            self._io_cpu_s += _io_threads_cpu_s() - helpers
 
     def _write(self, item: _Item) -> None:
         writer = self.writer
@@ -836,6 +844,22 @@ class TrajectoryRecorder:
                 HyperlapseWarning,
                 stacklevel=3,
             )
+
+
+def _io_threads_cpu_s() -> float:
+    """CPU seconds used so far by zarr's I/O threads (its event loop and executors)."""
+    total = 0.0
+    for thread in threading.enumerate():
+        name = thread.name
+        if thread.ident is None or not (
+            name == "zarr_io" or name.startswith(("asyncio_", "zarr_pool"))
+        ):
+            continue
+        try:
+            total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (AttributeError, OSError, ValueError):  # not on this platform, or it ended
+            pass
+    return total
 
 
 def _is_scalar(value: Any) -> bool:

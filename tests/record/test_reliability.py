@@ -73,10 +73,12 @@ def test_a_dead_writer_thread_is_raised_and_never_blocks(tmp_path, monkeypatch, 
     rec = TrajectoryRecorder(tmp_path / "r.zarr", model, queue_size=2, on_full=on_full)
 
     def train():
-        for step in range(50):
+        step, deadline = 0, time.monotonic() + 15  # a busy machine may run the writer late
+        while time.monotonic() < deadline:
             if step == 4:
                 gate.set()  # the pool is exhausted: the writer dies now
             rec.capture(step=step)
+            step += 1
             time.sleep(0.001)
 
     with pytest.raises(WriterError, match="OverflowError") as info:

@@ -55,6 +55,14 @@ def test_flush_every_s_must_be_finite_and_positive(tmp_path, value) -> None:
     assert not (tmp_path / "r.zarr").exists()  # nothing written
 
 
+def test_a_huge_finite_flush_interval_records_everything(tmp_path) -> None:
+    rec = TrajectoryRecorder(tmp_path / "r.zarr", _mlp(), flush_every_s=1e300, queue_size=2)
+    for step in range(6):  # more captures than buffers: the writer must be alive
+        _within(20, rec.capture, step)
+    _within(20, rec.close)
+    assert open_trajectory(tmp_path / "r.zarr").steps.tolist() == list(range(6))
+
+
 @pytest.mark.parametrize("on_full", ["block", "drop"])
 def test_a_dead_writer_thread_is_raised_and_never_blocks(tmp_path, monkeypatch, on_full) -> None:
     """The writer loop dies outside any guarded call (as ``queue.get(timeout=inf)`` did) while

@@ -660,8 +660,8 @@ class TrajectoryRecorder:
             if due is not None and due <= 0:
                 self._guarded(self._flush)
                 continue
-            try:
-                item = self._work.get(timeout=due)
+            try:  # capped: a huge (finite) interval must not overflow the wait
+                item = self._work.get(timeout=None if due is None else min(due, 3600.0))
             except queue.Empty:
                 continue
             if item is _CLOSE:
@@ -709,6 +709,7 @@ class TrajectoryRecorder:
             else None
         )
         writer.dropped = self._dropped
+        writer.recording_cost = self.overhead()  # append commits when a shard is complete
         if writer.append(
             self._layout.to_numpy(item.buf), item.step, item.wall_time, item.metrics.seal
         ):

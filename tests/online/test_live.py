@@ -92,6 +92,32 @@ def test_live_report_catches_up_from_the_store_instead_of_dropping(
         assert r["metrics"]["loss"] == pytest.approx(traj.metrics["loss"][4 + r["index"]])
 
 
+def test_live_report_without_catch_up_drops_and_counts(tmp_path, monkeypatch):
+    import hyperlapse.record.recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "_REPORT_QUEUE", 1)
+    gate = threading.Event()
+    original = session_mod.ReportSession.process
+
+    def held_process(self, *args, **kwargs):
+        gate.wait(10)  # held until training is done: the queues overflow
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(session_mod.ReportSession, "process", held_process)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 2))
+    live = LiveReport(tmp_path / "live", model=model, quiet=True, plots=False, max_pending=2,
+                      catch_up=False, **FAST)
+    with TrajectoryRecorder(tmp_path / "r.zarr", model, every=1, report=live) as rec:
+        _train(model, rec, 20)
+        gate.set()
+    traj = open_trajectory(tmp_path / "r.zarr")
+    assert live.from_store == 0 and live.dropped > 0
+    # every snapshot was reported, dropped by the LiveReport, or not handed over
+    assert len(live.reports) + live.dropped + traj.attrs["report_dropped"] == len(traj) == 21
+    steps = [r["step"] for r in live.reports]
+    assert steps == sorted(steps) and set(steps) < set(traj.steps.tolist())
+
+
 def test_on_snapshot_never_waits_for_the_encoder(tmp_path, monkeypatch):
     gate = threading.Event()
     calls = []

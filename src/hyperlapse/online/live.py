@@ -100,6 +100,9 @@ class LiveReport:
         max_pending: snapshots queued for the worker at most; when full, the newest is left
             out (read back from the store later, or without a store dropped and counted);
             ``0`` encodes on the caller's thread instead.
+        catch_up: read snapshots that were not handed over back from the store (default), so
+            none is missed; ``recorder.close()`` then waits until every snapshot is encoded.
+            ``False``: drop and count them in :attr:`dropped` instead (bounded wait at close).
         **online: passed to :class:`~hyperlapse.online.encoder.OnlineEncoder` (``seed``,
             ``encoder``, ``probes``, ``refine_steps``, ``geometry_every``, ...).
 
@@ -133,6 +136,7 @@ class LiveReport:
         labels: Tensor | None = None,
         title: str = "hyperlapse live report",
         max_pending: int = 64,
+        catch_up: bool = True,
         **online: Any,
     ) -> None:
         if not isinstance(max_pending, int) or max_pending < 0:
@@ -159,6 +163,7 @@ class LiveReport:
         self._traj: Trajectory | None = None
         self.error: BaseException | None = None
         self.max_pending = max_pending
+        self.catch_up = bool(catch_up)
         self._pending: collections.deque = collections.deque()
         self._wake = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
@@ -187,6 +192,8 @@ class LiveReport:
         """Optional listener hook (called by the recorder before any snapshot): the store the
         snapshots are written to and the index of the first one this run will hand over. Every
         snapshot from ``first_index`` on is then reported, from the store if need be."""
+        if not self.catch_up:
+            return
         with self._lock:
             self._store, self._next = str(location), int(first_index)
 

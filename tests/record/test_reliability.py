@@ -297,6 +297,35 @@ def test_sigterm_flushes_and_closes(tmp_path, mode) -> None:
     assert [float(traj[t]["0.bias"][0]) for t in range(1, len(traj))] == list(range(1, len(traj)))
 
 
+def test_sigterm_in_a_forked_child_leaves_the_parents_recorder_alone(tmp_path) -> None:
+    """A forked worker (e.g. a DataLoader's) inherits the handler: SIGTERM there ends the
+    worker as before and neither touches nor closes the parent's store."""
+    code = textwrap.dedent(
+        f"""
+        import os, signal, time
+        from torch import nn
+        from hyperlapse import TrajectoryRecorder, open_trajectory
+        rec = TrajectoryRecorder({str(tmp_path / "r.zarr")!r}, nn.Linear(2, 2), flush_every_s=60)
+        rec.capture(step=0)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, b"x")  # a signal right at fork is lost (Python clears it in the child)
+            time.sleep(60)
+            os._exit(0)
+        os.read(r, 1)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+        rec.capture(step=1)
+        rec.close()
+        traj = open_trajectory({str(tmp_path / "r.zarr")!r})
+        assert traj.steps.tolist() == [0, 1] and traj.attrs["closed"] is True
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_sigterm_handler_is_installed_from_the_main_thread_only(tmp_path) -> None:
     code = textwrap.dedent(
         f"""

@@ -924,10 +924,11 @@ _register(_close_open_recorders)
 _SIGTERM_WAIT_S = 60.0  # at most this long per recorder: a signal must not hang the process
 _sigterm_previous: Any = None
 _sigterm_installed = False
+_sigterm_pid = 0  # a forked child (a DataLoader worker) inherits the handler, not the recorders
 
 
 def _install_sigterm_handler() -> None:
-    global _sigterm_previous, _sigterm_installed
+    global _sigterm_previous, _sigterm_installed, _sigterm_pid
     if _sigterm_installed or threading.current_thread() is not threading.main_thread():
         return
     try:
@@ -937,12 +938,12 @@ def _install_sigterm_handler() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
     except (ValueError, OSError, AttributeError):  # no SIGTERM here, or not allowed
         return
-    _sigterm_previous, _sigterm_installed = previous, True
+    _sigterm_previous, _sigterm_installed, _sigterm_pid = previous, True, os.getpid()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     previous = _sigterm_previous
-    for recorder in list(_OPEN):
+    for recorder in list(_OPEN) if os.getpid() == _sigterm_pid else []:
         try:
             if callable(previous):
                 recorder._flush_for_signal(_SIGTERM_WAIT_S)

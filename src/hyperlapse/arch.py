@@ -10,6 +10,11 @@ Shared by the recorder (which stores the description in the trajectory's attribu
   Activations are taken from parameter-free modules registered between two Linear layers;
   functional activations in ``forward`` cannot be seen and are recorded as ``None``.
 
+Tied weights (the same ``nn.Linear`` used twice, e.g. ``Sequential(lin, ReLU(), lin)``, or one
+parameter assigned to two layers) are described as the layers they are, in order of use, and
+name the parameter under the name it is stored with (its first name in ``named_parameters``);
+a layer that reuses another's weights says so in ``"tied_to"``.
+
 ``torch.compile`` and ``DistributedDataParallel`` wrappers are unwrapped first.
 """
 
@@ -66,6 +71,8 @@ def describe_mlp(module: nn.Module) -> dict[str, Any]:
         "in_features", "out_features", "activation"}, ...]}`` where ``weight``/``bias`` are the
         qualified parameter names (``bias`` is ``None`` for ``bias=False``) and ``activation``
         is the lower-case class name of the activation that follows the layer, or ``None``.
+        A layer whose weight (or bias) is a parameter of an earlier layer also has
+        ``"tied_to"``: that layer's name; its ``weight``/``bias`` name the stored parameter.
 
     Raises:
         ArchitectureError: naming the first module that is not supported.
@@ -78,7 +85,12 @@ def describe_mlp(module: nn.Module) -> dict[str, Any]:
     """
     module = unwrap_model(module)
     layers: list[dict[str, Any]] = []
-    for name, sub in module.named_modules():
+    # a parameter is stored under its first name: tied layers must name that one
+    stored = {}
+    for pname, param in module.named_parameters():
+        stored.setdefault(id(param), pname)
+    owner: dict[int, str] = {}  # parameter -> the first layer that used it
+    for name, sub in module.named_modules(remove_duplicate=False):
         if sub is module and not isinstance(sub, nn.Linear):
             if any(True for _ in sub.parameters(recurse=False)):
                 raise ArchitectureError(
@@ -96,16 +108,21 @@ def describe_mlp(module: nn.Module) -> dict[str, Any]:
                     f"'{layers[-1]['name']}' has {layers[-1]['out_features']} outputs. "
                     f"hyperlapse supports feed-forward MLPs only (no skips or branches)."
                 )
-            layers.append(
-                {
-                    "name": name,
-                    "weight": prefix + "weight",
-                    "bias": prefix + "bias" if sub.bias is not None else None,
-                    "in_features": int(sub.in_features),
-                    "out_features": int(sub.out_features),
-                    "activation": None,
-                }
-            )
+            layer = {
+                "name": name,
+                "weight": stored.get(id(sub.weight), prefix + "weight"),
+                "bias": stored.get(id(sub.bias), prefix + "bias") if sub.bias is not None else None,
+                "in_features": int(sub.in_features),
+                "out_features": int(sub.out_features),
+                "activation": None,
+            }
+            tied = [owner[id(p)] for p in (sub.weight, sub.bias) if id(p) in owner]
+            if tied:
+                layer["tied_to"] = tied[0]
+            for p in (sub.weight, sub.bias):
+                if p is not None:
+                    owner.setdefault(id(p), name)
+            layers.append(layer)
             continue
         if any(True for _ in sub.parameters(recurse=False)):
             raise ArchitectureError(

@@ -133,7 +133,8 @@ def run_demo(
     }
     _say(quiet, "", format_info(info), "",
          f"digits: test accuracy {acc:.3f}; live report on {len(live.reports)} of "
-         f"{info['snapshots']} snapshots (the listener drops, never blocks, when behind)")
+         f"{info['snapshots']} snapshots (never blocking training; snapshots it was "
+         f"not handed are read back from the store)")
 
     # ---- moons, analysed after training --------------------------------------------------
     X, y = _moons(seed, fast)

@@ -53,6 +53,71 @@ def test_live_report_in_process(tmp_path):
     assert live.html == tmp_path / "live" / "report.html"
 
 
+@pytest.mark.parametrize("max_pending", [1, 0])
+def test_live_report_catches_up_from_the_store_instead_of_dropping(
+    tmp_path, monkeypatch, max_pending
+):
+    """Both hand-over queues overflow (a listener slower than training): every snapshot is
+    still reported, in order, the missing ones read back from the store; the counts add up."""
+    import hyperlapse.record.recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "_REPORT_QUEUE", 1)
+    original = session_mod.ReportSession.process
+
+    def slow_process(self, *args, **kwargs):
+        time.sleep(0.02)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(session_mod.ReportSession, "process", slow_process)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 2))
+    path = tmp_path / "run.zarr"
+    with TrajectoryRecorder(path, model, every=1, flush_every_s=0.2) as rec:  # a first session
+        _train(model, rec, 3)
+    live = LiveReport(
+        tmp_path / "live", model=model, quiet=True, plots=False, max_pending=max_pending, **FAST
+    )
+    with TrajectoryRecorder(path, model, every=1, report=live, flush_every_s=0.2) as rec:
+        _train(model, rec, 30)  # resumed: this session's snapshots only
+    traj = open_trajectory(path)
+    reports = read_reports(tmp_path / "live" / "reports.jsonl")
+    ours = traj.steps[4:].tolist()
+    assert [r["step"] for r in reports] == [r["step"] for r in live.reports] == ours
+    assert ours == list(range(4, 34))
+    assert live.dropped == 0 and live.from_store > 0  # the queues did overflow
+    handed_over = live.received + traj.attrs["report_dropped"]
+    assert handed_over == len(ours)  # every snapshot was handed over or counted as not
+    assert live.from_store <= len(ours) - 1  # the first one is always handed over
+    for r in reports[-3:]:
+        assert r["metrics"]["loss"] == pytest.approx(traj.metrics["loss"][4 + r["index"]])
+
+
+def test_live_report_without_catch_up_drops_and_counts(tmp_path, monkeypatch):
+    import hyperlapse.record.recorder as recorder_module
+
+    monkeypatch.setattr(recorder_module, "_REPORT_QUEUE", 1)
+    gate = threading.Event()
+    original = session_mod.ReportSession.process
+
+    def held_process(self, *args, **kwargs):
+        gate.wait(10)  # held until training is done: the queues overflow
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(session_mod.ReportSession, "process", held_process)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 2))
+    live = LiveReport(tmp_path / "live", model=model, quiet=True, plots=False, max_pending=2,
+                      catch_up=False, **FAST)
+    with TrajectoryRecorder(tmp_path / "r.zarr", model, every=1, report=live) as rec:
+        _train(model, rec, 20)
+        gate.set()
+    traj = open_trajectory(tmp_path / "r.zarr")
+    assert live.from_store == 0 and live.dropped > 0
+    # every snapshot was reported, dropped by the LiveReport, or not handed over
+    assert len(live.reports) + live.dropped + traj.attrs["report_dropped"] == len(traj) == 21
+    steps = [r["step"] for r in live.reports]
+    assert steps == sorted(steps) and set(steps) < set(traj.steps.tolist())
+
+
 def test_on_snapshot_never_waits_for_the_encoder(tmp_path, monkeypatch):
     gate = threading.Event()
     calls = []

@@ -60,7 +60,12 @@ def test_sigkill_at_random_moments_with_a_concurrent_reader(tmp_path) -> None:
             assert len(traj) >= committed_before  # resuming never drops committed snapshots
             checked, sizes = committed_before, []  # older snapshots were checked already
             deadline = time.monotonic() + rng.uniform(0.3, 1.2)
-            while time.monotonic() < deadline or len(sizes) < 3:  # follow the live run
+            patience = time.monotonic() + 60  # a busy machine may run the child slowly
+            while (  # follow the live run until it grew (or the patience ran out)
+                time.monotonic() < deadline
+                or len(sizes) < 3
+                or (sizes[-1] == sizes[0] and time.monotonic() < patience)
+            ):
                 traj.refresh()
                 sizes.append(len(traj))
                 _check(traj, checked, model)

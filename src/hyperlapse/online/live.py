@@ -2,18 +2,26 @@
 
 ``TrajectoryRecorder(path, model, report=LiveReport(out_dir, model=model))`` calls
 :meth:`LiveReport.on_snapshot` on its listener thread. ``on_snapshot`` only queues the snapshot
-(at most ``max_pending``; beyond that it drops and counts in :attr:`LiveReport.dropped`) and
-returns; a worker thread of the LiveReport encodes each snapshot with an
-:class:`~hyperlapse.online.encoder.OnlineEncoder` and appends its report (flushed) to
+(at most ``max_pending``) and returns; a worker thread of the LiveReport encodes each snapshot
+with an :class:`~hyperlapse.online.encoder.OnlineEncoder` and appends its report (flushed) to
 ``out_dir/reports.jsonl``. Training never waits for the encoding. :meth:`LiveReport.close`
 (called by ``recorder.close()``) lets the worker finish the queued snapshots, then draws the
 plots and ``out_dir/report.html``.
+
+A LiveReport never misses a snapshot of the run it is attached to: the recorder tells it where
+the store is (:meth:`LiveReport.on_store`), and every snapshot that was not handed over (the
+recorder's hand-over queue or this LiveReport's own queue was full, e.g. on a busy machine) is
+read back from the store, in order, once it is committed (at the latest when the recorder
+closes). Only a LiveReport fed by hand (no store) drops and counts in
+:attr:`LiveReport.dropped`.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,9 +31,13 @@ from torch import Tensor, nn
 from ..arch import describe_mlp
 from ..errors import ArchitectureError, ConfigError
 from ..report.schema import Report
+from ..store.reader import Trajectory, open_trajectory
 from .session import ReportSession
 
 __all__ = ["LiveReport", "architecture_from_state"]
+
+_CATCH_UP_POLL_S = 0.05
+_CATCH_UP_STALL_S = 120.0  # no commit for this long while waiting for one: stop waiting
 
 
 def architecture_from_state(state: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -85,8 +97,12 @@ class LiveReport:
         quiet: no terminal line per snapshot.
         plots: draw the plots and page at :meth:`close`.
         points, labels: 2-D data drawn on the volume-element maps (2-D inputs only).
-        max_pending: snapshots queued for the worker at most (the oldest is kept, the newest
-            dropped and counted when full); ``0`` encodes on the caller's thread instead.
+        max_pending: snapshots queued for the worker at most; when full, the newest is left
+            out (read back from the store later, or without a store dropped and counted);
+            ``0`` encodes on the caller's thread instead.
+        catch_up: read snapshots that were not handed over back from the store (default), so
+            none is missed; ``recorder.close()`` then waits until every snapshot is encoded.
+            ``False``: drop and count them in :attr:`dropped` instead (bounded wait at close).
         **online: passed to :class:`~hyperlapse.online.encoder.OnlineEncoder` (``seed``,
             ``encoder``, ``probes``, ``refine_steps``, ``geometry_every``, ...).
 
@@ -120,6 +136,7 @@ class LiveReport:
         labels: Tensor | None = None,
         title: str = "hyperlapse live report",
         max_pending: int = 64,
+        catch_up: bool = True,
         **online: Any,
     ) -> None:
         if not isinstance(max_pending, int) or max_pending < 0:
@@ -134,10 +151,19 @@ class LiveReport:
         self._session: ReportSession | None = None
         self._closed = False
         self.html: Path | None = None
-        #: Snapshots dropped because ``max_pending`` were already queued (or after close).
+        #: Snapshots never reported: without a store, dropped because ``max_pending`` were
+        #: already queued (or after close); with one, only those the store could not give back.
         self.dropped = 0
+        #: Snapshots handed over by the recorder (``on_snapshot`` calls).
+        self.received = 0
+        #: Snapshots reported from the store because they were not handed over or not queued.
+        self.from_store = 0
+        self._store: str | None = None
+        self._next: int | None = None  # index of the next snapshot to report (with a store)
+        self._traj: Trajectory | None = None
         self.error: BaseException | None = None
         self.max_pending = max_pending
+        self.catch_up = bool(catch_up)
         self._pending: collections.deque = collections.deque()
         self._wake = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
@@ -162,6 +188,15 @@ class LiveReport:
             if self._session is None and architecture is not None:
                 self._session = ReportSession(self.out_dir, architecture, **self._kwargs)
 
+    def on_store(self, location: str, first_index: int) -> None:
+        """Optional listener hook (called by the recorder before any snapshot): the store the
+        snapshots are written to and the index of the first one this run will hand over. Every
+        snapshot from ``first_index`` on is then reported, from the store if need be."""
+        if not self.catch_up:
+            return
+        with self._lock:
+            self._store, self._next = str(location), int(first_index)
+
     def on_snapshot(
         self,
         index: int,
@@ -177,14 +212,72 @@ class LiveReport:
         with self._lock:
             if self.error is not None:
                 raise self.error
+            self.received += 1
             if self._closed or (self.max_pending and len(self._pending) >= self.max_pending):
-                self.dropped += 1
-                return
+                if self._store is None or self._closed:
+                    self.dropped += 1
+                return  # with a store: read back from it when the worker gets there
             if not self.max_pending:
-                self._process(*item)
+                self._handle(item)
                 return
             self._pending.append(item)
             self._wake.notify()
+
+    def _handle(self, item: tuple) -> None:
+        """Report ``item``, first catching up from the store on the snapshots before it."""
+        index = item[0]
+        if self._store is not None and self._next is not None:
+            if index < self._next:
+                return  # reported already (read from the store)
+            self._catch_up(index)
+            self._next = index + 1
+        self._process(*item)
+
+    def _catch_up(self, upto: int | None) -> None:
+        """Report snapshots ``[_next, upto)`` from the store (to its end if ``upto`` is None),
+        waiting for them to be committed while the run goes on."""
+        assert self._next is not None
+        waited_since = time.monotonic()
+        while upto is None or self._next < upto:
+            try:
+                if self._traj is None:
+                    self._traj = open_trajectory(self._store)  # type: ignore[arg-type]
+                else:
+                    self._traj.refresh()
+            except Exception:  # noqa: BLE001 - the store cannot give them back: count them
+                self._give_up(upto)
+                return
+            traj = self._traj
+            if self._next >= len(traj):
+                if upto is None:
+                    return
+                # not committed yet: the recorder commits at least every flush interval and at
+                # close; give up only if it closed (or stalls for minutes) without it
+                if (
+                    self._closed
+                    or traj.attrs.get("closed")
+                    or (time.monotonic() - waited_since > _CATCH_UP_STALL_S)
+                ):
+                    self._give_up(upto)
+                    return
+                time.sleep(_CATCH_UP_POLL_S)
+                continue
+            waited_since = time.monotonic()
+            end = len(traj) if upto is None else min(upto, len(traj))
+            for i in range(self._next, end):
+                metrics = {
+                    name: float(values[i])
+                    for name, values in traj.metrics.items()
+                    if not math.isnan(values[i])
+                }
+                self._process(i, int(traj.steps[i]), traj[i], metrics)
+                self.from_store += 1
+                self._next = i + 1
+
+    def _give_up(self, upto: int | None) -> None:
+        if upto is not None and self._next is not None and upto > self._next:
+            self.dropped += upto - self._next
+            self._next = upto
 
     def _process(self, index, step, state, metrics) -> None:
         if self._session is None:
@@ -194,20 +287,25 @@ class LiveReport:
         self._session.process(index, step, state, metrics)
 
     def _work(self) -> None:
-        while True:
-            with self._lock:
-                while not self._pending and not self._closed:
-                    self._wake.wait()
-                if not self._pending:
-                    return
-                item = self._pending.popleft()
-            try:
-                self._process(*item)
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+        try:
+            while True:
                 with self._lock:
-                    self.error = exc
-                    self._pending.clear()
-                return
+                    while not self._pending and not self._closed:
+                        self._wake.wait()
+                    if not self._pending:
+                        break
+                    item = self._pending.popleft()
+                self._handle(item)
+            self._finish_from_store()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            with self._lock:
+                self.error = exc
+                self._pending.clear()
+
+    def _finish_from_store(self) -> None:
+        """At close: report what the store holds after the last snapshot handed over."""
+        if self._store is not None and self._next is not None:
+            self._catch_up(None)
 
     @property
     def pending(self) -> int:
@@ -227,6 +325,11 @@ class LiveReport:
             self._wake.notify_all()
         if self._worker is not None:
             self._worker.join()
+        elif self.error is None:
+            try:
+                self._finish_from_store()
+            except BaseException as exc:  # noqa: BLE001 - raised below
+                self.error = exc
         if self._session is not None:
             self.html = self._session.finish()
         if self.error is not None:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import atexit
 import math
+import numbers
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -34,6 +36,7 @@ from ..errors import ArchitectureError, ConfigError, HyperlapseWarning, WriterEr
 from ..store.writer import StoreWriter
 from .capture import DTYPES, CaptureBuffer, CaptureLayout
 from .schedule import make_schedule
+from .watch import ModelWatch, recorded_tensors
 
 __all__ = ["TrajectoryRecorder"]
 
@@ -41,6 +44,8 @@ _STATE_VERSION = 1
 _REPORT_QUEUE = 4
 _POOL_BYTES = 64 * 2**20  # host memory for capture buffers when queue_size is not given
 _CLOSE = object()
+_DEAD = object()  # put on the buffer pool when the writer thread ends: wakes a waiting capture
+_POLL_S = 0.1  # bounded waits on the training thread re-check that the writer is alive
 
 
 class _MetricsSlot:
@@ -166,12 +171,17 @@ class TrajectoryRecorder:
         self._schedule = make_schedule(every, schedule)
         dtype = check_dtype_and_on_full(dtype, on_full)
         if flush_every_s is not None and not (
-            isinstance(flush_every_s, (int, float)) and flush_every_s > 0
+            isinstance(flush_every_s, numbers.Real)
+            and not isinstance(flush_every_s, bool)
+            and math.isfinite(flush_every_s)
+            and flush_every_s > 0
         ):
             raise ConfigError(
-                f"Expected flush_every_s to be a positive number of seconds or None, but got "
-                f"{flush_every_s!r}."
+                f"Expected flush_every_s to be a finite positive number of seconds, or None to "
+                f"commit whole shards only, but got {flush_every_s!r}."
             )
+        if flush_every_s is not None:
+            flush_every_s = float(flush_every_s)
         for name, value in (
             ("snapshots_per_chunk", snapshots_per_chunk),
             ("queue_size", queue_size),
@@ -201,13 +211,26 @@ class TrajectoryRecorder:
         self._hooks: list[Any] = []
         self._pending_metrics: dict[str, Any] = {}
         self._slot: _MetricsSlot | None = None
+        self._closing = False
         self._error: BaseException | None = None
         self._error_raised = False
         self._nonfinite_warned = False
+        self._log_warned = False
+        self._drift_error: ConfigError | None = None
+        self._drift_raised = False
         self._captures = 0
         self._dropped = 0
         self._blocked_s = 0.0
+        self._capture_max_s = 0.0
+        self._bytes_handed = 0
+        self._writer_cpu_s = 0.0
+        self._io_cpu_s = 0.0
+        self._report_cpu_s = 0.0
+        self._started = time.perf_counter()
         self._report = report
+        self._report_failure: BaseException | None = None
+        self._report_failure_warned = False
+        self._report_delivered = 0
 
         self.active = _is_writing_rank()
         if not self.active:  # DDP rank != 0: a no-op recorder
@@ -215,9 +238,7 @@ class TrajectoryRecorder:
             return
 
         module = unwrap_model(model)
-        named = [(n, p) for n, p in module.named_parameters()]
-        if buffers:
-            named += [(n, b) for n, b in module.named_buffers() if b is not None]
+        named = recorded_tensors(module, bool(buffers))
         if not named:
             raise ConfigError(
                 f"Expected a model with parameters, but {type(module).__name__} has none."
@@ -225,6 +246,7 @@ class TrajectoryRecorder:
         self._names = [n for n, _ in named]
         self._tensors = [t for _, t in named]
         self._layout = CaptureLayout(self._names, self._tensors, dtype)
+        self._watch = ModelWatch(module, self._names, self._tensors, bool(buffers))
         try:
             architecture = describe_mlp(module)
         except ArchitectureError as exc:
@@ -259,6 +281,7 @@ class TrajectoryRecorder:
             flush_every_s=flush_every_s,
         )
         self.architecture = architecture
+        self._first_index = self.writer.committed  # index of this session's first snapshot
         if self.writer.committed:  # resuming: continue after the last stored step
             self._initial_done = True
             self._step = self._last_captured = self.writer.last_step
@@ -269,7 +292,8 @@ class TrajectoryRecorder:
         self._free: queue.Queue[CaptureBuffer] = queue.Queue()
         for _ in range(queue_size):
             self._free.put(self._layout.new_buffer())
-        self._work: queue.Queue[Any] = queue.Queue()
+        # SimpleQueue: its put() is reentrant, so the SIGTERM handler may use it
+        self._work: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._report_q: queue.Queue[Any] | None = None
         self._report_thread: threading.Thread | None = None
         if report is not None:
@@ -283,6 +307,7 @@ class TrajectoryRecorder:
         )
         self._writer_thread.start()
         _OPEN.add(self)
+        _install_sigterm_handler()
 
     # -- training-thread API -------------------------------------------------------------------
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
@@ -319,7 +344,9 @@ class TrajectoryRecorder:
         and is not yet committed) or else with the next snapshot.
 
         Tensors are accepted as they are; they are converted to float on the writer thread, so
-        ``loss.detach()`` costs no device sync here.
+        ``loss.detach()`` costs no device sync here. A value that cannot become a float (a
+        string, ``None``, a tensor of several elements) is stored as NaN, with a warning the
+        first time.
         """
         if not self.active or self._closed:
             return
@@ -329,6 +356,18 @@ class TrajectoryRecorder:
             k: (v.detach().clone() if isinstance(v, torch.Tensor) else v)
             for k, v in scalars.items()
         }
+        if not self._log_warned:
+            bad = {k: v for k, v in values.items() if not _is_scalar(v)}
+            if bad:
+                self._log_warned = True
+                desc = ", ".join(f"{k}={_describe(v)}" for k, v in bad.items())
+                warnings.warn(
+                    f"Expected log() values to be numbers or one-element tensors, but got {desc}. "
+                    f"They are stored as NaN; log a float (e.g. len(x), loss.detach()). This "
+                    f"warning is shown once.",
+                    HyperlapseWarning,
+                    stacklevel=2,
+                )
         slot = self._slot
         if slot is not None and slot.step == self._step and slot.add(values):
             return
@@ -344,6 +383,10 @@ class TrajectoryRecorder:
         Returns:
             Whether a snapshot was queued (False for a step not after the last captured one,
             or a drop).
+
+        Raises:
+            WriterError: the writer (or store) failed; raised at every later capture too.
+            ConfigError: the model's parameters changed after the recorder was created.
         """
         if not self.active:
             return False
@@ -352,12 +395,13 @@ class TrajectoryRecorder:
                 f"Expected an open recorder, but the recorder of '{self.path}' is closed. "
                 f"Create a new TrajectoryRecorder on the same path to resume."
             )
-        self._raise_pending()
+        self._raise_pending(always=True)
         t0 = time.perf_counter()
         at = self._step if step is None else int(step)
         self._initial_done = True
         if self._last_captured is not None and at <= self._last_captured:
             return False  # steps in a store strictly increase
+        self._check_model()
         self._step = at
         if self.on_full == "drop" and not _force:
             try:
@@ -365,8 +409,11 @@ class TrajectoryRecorder:
             except queue.Empty:
                 self._dropped += 1
                 return False
+            if buf is _DEAD:
+                self._free.put(_DEAD)
+                self._raise_pending(always=True, dead=True)
         else:
-            buf = self._free.get()
+            buf = self._take_buffer()
         self._layout.copy_into(buf, self._tensors)
         slot = _MetricsSlot(self._step, self._pending_metrics)
         self._pending_metrics = {}
@@ -374,40 +421,126 @@ class TrajectoryRecorder:
         self._work.put(_Item(buf, self._step, time.time(), slot))
         self._last_captured = self._step
         self._captures += 1
-        self._blocked_s += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
+        self._blocked_s += spent
+        self._capture_max_s = max(self._capture_max_s, spent)
+        return True
+
+    def _take_buffer(self) -> CaptureBuffer:
+        """A free capture buffer; waits while the writer is busy, raises once it is dead."""
+        while True:
+            try:
+                buf = self._free.get(timeout=_POLL_S)
+            except queue.Empty:
+                if self._writer_thread.is_alive():
+                    continue
+                buf = _DEAD
+            if buf is _DEAD:
+                self._free.put(_DEAD)  # for any later waiter
+                self._raise_pending(always=True, dead=True)
+            return buf
+
+    def _check_model(self) -> None:
+        if self._drift_error is not None:
+            self._drift_raised = True
+            raise self._drift_error
+        try:
+            replaced = self._watch.check()
+        except ConfigError as exc:
+            self._drift_error = exc
+            self._drift_raised = True
+            raise
+        if replaced:
+            warnings.warn(
+                f"The model's tensors {replaced} were replaced by new objects after the recorder "
+                f"of '{self.path}' was created (same names and shapes); the recorder now "
+                f"captures the new ones.",
+                HyperlapseWarning,
+                stacklevel=4,
+            )
+
+    def flush(self) -> None:
+        """Commit every snapshot captured so far (waits until the writer has written them).
+
+        Raises:
+            WriterError: the writer failed (now or before).
+        """
+        if not self.active or self._closed:
+            return
+        self._raise_pending(always=True)
+        done = threading.Event()
+        self._work.put(("flush", done))
+        self._wait(done)
+        self._raise_pending(always=True)
+
+    def _flush_for_signal(self, wait_s: float) -> None:
+        if not self.active or self._closed or self._closing or self._error is not None:
+            return
+        done = threading.Event()
+        self._work.put(("flush", done))
+        self._wait(done, wait_s)
+
+    def _wait(self, done: threading.Event, timeout: float | None = None) -> bool:
+        """Wait for the writer to set ``done``; never past the writer thread's death."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done.wait(_POLL_S):
+            if not self._writer_thread.is_alive():
+                return done.is_set()
+            if deadline is not None and time.monotonic() > deadline:
+                return False
         return True
 
     def close(self) -> None:
         """Capture the final state, write and commit everything, stop the threads.
 
-        Safe to call twice. Raises WriterError if the writer or the report failed.
+        Safe to call twice. Raises WriterError if the writer failed (unless a capture already
+        raised it), ConfigError if the model's parameters changed and no capture said so yet.
+        A failed report listener is only warned about: it never costs recorded snapshots.
         """
+        self._shutdown(final=True)
+
+    def _shutdown(self, final: bool, wait_s: float | None = None) -> None:
         if self._closed:
             return
         if not self.active:
             self._closed = True
             return
+        if self._closing:  # re-entered (SIGTERM during close): let the writer finish
+            self._writer_thread.join(wait_s)
+            return
+        self._closing = True
+        drift: ConfigError | None = None
+        drift_said = self._drift_raised
         try:
-            if self._error is None and (
-                not self._initial_done or self._last_captured != self._step
+            if (
+                final
+                and self._error is None
+                and (not self._initial_done or self._last_captured != self._step)
             ):
-                self.capture(_force=True)
+                try:
+                    self.capture(_force=True)
+                except ConfigError as exc:  # a changed model: close what was recorded
+                    drift = exc
         finally:
             self._closed = True
             for handle in self._hooks:
                 handle.remove()
             self._work.put(_CLOSE)
-            self._writer_thread.join()
+            self._writer_thread.join(wait_s)
             if self._report_thread is not None:
-                self._report_q.put(_CLOSE)  # type: ignore[union-attr]
-                self._report_thread.join()
+                self._put_report(_CLOSE)
+                self._report_thread.join(wait_s)
             _OPEN.discard(self)
         if self._report is not None:
             try:
                 self._report.close()
-            except Exception as exc:  # noqa: BLE001 - re-raised with context below
-                self._set_error(exc)
+            except Exception as exc:  # noqa: BLE001 - a listener never costs the recording
+                if exc is not self._report_failure:
+                    self._detach_report(exc)
+        self._warn_report_failure()
         self._raise_pending(closing=True)
+        if drift is not None and not drift_said:
+            raise drift
 
     def __enter__(self) -> TrajectoryRecorder:
         return self
@@ -442,12 +575,13 @@ class TrajectoryRecorder:
         if not self.active:
             self._step = int(state["step"])
             return
-        self._raise_pending()
+        self._raise_pending(always=True)
         done = threading.Event()
         result: dict[str, Any] = {}
         self._work.put(("truncate", int(state["step"]), done, result))
-        done.wait()
-        self._raise_pending()
+        if not self._wait(done):
+            self._raise_pending(always=True, dead=True)
+        self._raise_pending(always=True)
         self._step = int(state["step"])
         # the store is the truth: its last step after cutting back to the checkpoint
         self._last_captured = result.get("last_step")
@@ -470,56 +604,117 @@ class TrajectoryRecorder:
             "blocked_s": self._blocked_s,
             "blocked_s_per_capture": self._blocked_s / max(self._captures, 1),
             "report_dropped": self.writer.report_dropped if self.writer else 0,
+            "report_delivered": self._report_delivered,
+            "report_detached": self._report_failure is not None,
+        }
+
+    def overhead(self) -> dict[str, float | int]:
+        """What recording has cost so far (callable at any time, from any thread).
+
+        Returns:
+            ``snapshots`` (captured), ``snapshots_dropped`` (``on_full="drop"``),
+            ``training_blocked_s`` (seconds the training thread spent in captures, waiting for
+            a free buffer included), ``capture_mean_s`` and ``capture_max_s`` (training-thread
+            seconds per snapshot), ``writer_cpu_s`` (CPU seconds of the writer thread:
+            checks, compression, file writes), ``report_cpu_s`` (CPU seconds of the report
+            thread), ``bytes_written`` (bytes of snapshots handed to the store, before
+            compression), ``bytes_per_snapshot``, ``elapsed_s`` (wall seconds since the
+            recorder was created) and ``training_blocked_fraction`` (blocked / elapsed).
+        """
+        elapsed = time.perf_counter() - self._started
+        n = self._captures
+        return {
+            "snapshots": n,
+            "snapshots_dropped": self._dropped,
+            "training_blocked_s": self._blocked_s,
+            "capture_mean_s": self._blocked_s / n if n else 0.0,
+            "capture_max_s": self._capture_max_s,
+            "writer_cpu_s": self._writer_cpu_s,
+            "report_cpu_s": self._report_cpu_s,
+            "bytes_written": self._bytes_handed,
+            "bytes_per_snapshot": self._layout.nbytes if self.active else 0,
+            "elapsed_s": elapsed,
+            "training_blocked_fraction": self._blocked_s / elapsed if elapsed > 0 else 0.0,
         }
 
     # -- writer thread -----------------------------------------------------------------------
     def _writer_loop(self) -> None:
-        _lower_thread_priority(_WRITER_NICENESS)
+        try:
+            _lower_thread_priority(_WRITER_NICENESS)
+            self._writer_main()
+        except BaseException as exc:  # noqa: BLE001 - handed to the training thread
+            self._set_error(exc)
+        finally:
+            # A capture waiting for a buffer wakes up and sees why (never blocks on a dead
+            # writer); after a normal close nobody waits.
+            self._free.put(_DEAD)  # type: ignore[arg-type]
+
+    def _writer_main(self) -> None:
         writer = self.writer
         assert writer is not None
+        cpu0 = time.thread_time()
         self._last_report: tuple[int, int, dict[str, torch.Tensor], _MetricsSlot] | None = None
         while True:
+            self._writer_cpu_s = time.thread_time() - cpu0 + self._io_cpu_s
             due = writer.flush_due()
             if due is not None and due <= 0:
                 self._guarded(self._flush)
                 continue
-            try:
-                item = self._work.get(timeout=due)
+            try:  # capped: a huge (finite) interval must not overflow the wait
+                item = self._work.get(timeout=None if due is None else min(due, 3600.0))
             except queue.Empty:
                 continue
             if item is _CLOSE:
                 self._guarded(self._flush, True)
+                self._writer_cpu_s = time.thread_time() - cpu0 + self._io_cpu_s
                 return
-            if isinstance(item, tuple):  # ("truncate", step, done, result)
-                _, step, done, result = item
-                self._guarded(writer.truncate_after_step, step)
-                result["last_step"] = writer.last_step
-                done.set()
+            if isinstance(item, tuple):
+                if item[0] == "flush":  # ("flush", done)
+                    self._guarded(self._flush)
+                    item[1].set()
+                else:  # ("truncate", step, done, result)
+                    _, step, done, result = item
+                    self._guarded(writer.truncate_after_step, step)
+                    result["last_step"] = writer.last_step
+                    done.set()
                 continue
             self._guarded(self._write, item)
             self._free.put(item.buf)
 
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn`` unless the writer already failed; keep its exception for the trainer."""
+        """Run ``fn`` unless the writer already failed; keep its exception for the trainer.
+
+        Also counts the CPU time zarr's I/O threads spend meanwhile (the store's writes run
+        there while the writer thread waits for them) into ``writer_cpu_s``.
+        """
         if self._error is not None:
             return None
+        helpers = _io_threads_cpu_s()
         try:
             return fn(*args)
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread
             self._set_error(exc)
             return None
+        finally:
+            self._io_cpu_s += _io_threads_cpu_s() - helpers
 
     def _write(self, item: _Item) -> None:
         writer = self.writer
         assert writer is not None
         item.buf.wait()
         index = writer.committed + writer.pending
-        report_state = self._layout.to_tensors(item.buf) if self._report is not None else None
+        report_state = (
+            self._layout.to_tensors(item.buf)
+            if self._report is not None and self._report_failure is None
+            else None
+        )
         writer.dropped = self._dropped
+        writer.recording_cost = self.overhead()  # append commits when a shard is complete
         if writer.append(
             self._layout.to_numpy(item.buf), item.step, item.wall_time, item.metrics.seal
         ):
             self._nonfinite_seen = True
+        self._bytes_handed += self._layout.nbytes
         if self._last_report is not None:  # the previous snapshot's metrics are final now
             self._emit_report(*self._last_report)
         self._last_report = None
@@ -533,12 +728,14 @@ class TrajectoryRecorder:
             self._emit_report(*self._last_report)
             self._last_report = None
         writer.dropped = self._dropped
+        # stored in the attrs on commit by writers that know the attribute (format v2)
+        writer.recording_cost = self.overhead()
         writer.close() if close else writer.flush()
 
     def _emit_report(
         self, index: int, step: int, state: dict[str, torch.Tensor], slot: _MetricsSlot
     ) -> None:
-        if self._report_q is None:
+        if self._report_q is None or self._report_failure is not None:
             return
         try:
             self._report_q.put_nowait((index, step, state, slot.seal()))
@@ -546,25 +743,69 @@ class TrajectoryRecorder:
             assert self.writer is not None
             self.writer.report_dropped += 1
 
-    def _report_loop(self) -> None:
-        _lower_thread_priority(_WRITER_NICENESS)
-        assert self._report_q is not None
-        on_start = getattr(self._report, "on_start", None)
-        if callable(on_start) and self.architecture is not None:
+    def _put_report(self, item: Any) -> None:
+        """Put on the report queue, giving up if the report thread has ended."""
+        assert self._report_q is not None and self._report_thread is not None
+        while True:
             try:
+                self._report_q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                if not self._report_thread.is_alive():
+                    return
+
+    def _report_loop(self) -> None:
+        cpu0 = time.thread_time()
+        try:
+            _lower_thread_priority(_WRITER_NICENESS)
+            self._report_main(cpu0)
+        except BaseException as exc:  # noqa: BLE001 - the listener is detached, recording goes on
+            self._detach_report(exc)
+        finally:
+            self._report_cpu_s = time.thread_time() - cpu0
+
+    def _report_main(self, cpu0: float) -> None:
+        assert self._report_q is not None
+        report = self._report
+        on_store = getattr(report, "on_store", None)
+        on_start = getattr(report, "on_start", None)
+        try:
+            if callable(on_store):
+                assert self.writer is not None
+                on_store(self.writer.location, self._first_index)
+            if callable(on_start) and self.architecture is not None:
                 on_start(self.architecture)
-            except BaseException as exc:  # noqa: BLE001 - handed to the training thread
-                self._set_error(exc)
+        except Exception as exc:  # noqa: BLE001 - the listener is detached, recording goes on
+            self._detach_report(exc)
         while True:
             item = self._report_q.get()
             if item is _CLOSE:
                 return
-            if self._error is not None:
-                continue
+            if self._report_failure is not None:
+                continue  # detached: drain
             try:
-                self._report.on_snapshot(*item)
-            except BaseException as exc:  # noqa: BLE001 - handed to the training thread
-                self._set_error(exc)
+                report.on_snapshot(*item)
+                self._report_delivered += 1
+            except Exception as exc:  # noqa: BLE001 - the listener is detached, recording goes on
+                self._detach_report(exc)
+            self._report_cpu_s = time.thread_time() - cpu0
+
+    def _detach_report(self, exc: BaseException) -> None:
+        if self._report_failure is None:
+            self._report_failure = exc
+
+    def _warn_report_failure(self) -> None:
+        exc = self._report_failure
+        if exc is None or self._report_failure_warned:
+            return
+        self._report_failure_warned = True
+        warnings.warn(
+            f"The report listener {type(self._report).__name__} of '{self.path}' failed "
+            f"({type(exc).__name__}: {exc}) and was detached after {self._report_delivered} "
+            f"snapshots; recording goes on without it and the store keeps every snapshot.",
+            HyperlapseWarning,
+            stacklevel=4,
+        )
 
     # -- errors ------------------------------------------------------------------------------
     _nonfinite_seen = False
@@ -573,15 +814,25 @@ class TrajectoryRecorder:
         if self._error is None:
             self._error = exc
 
-    def _raise_pending(self, closing: bool = False) -> None:
+    def _raise_pending(self, closing: bool = False, always: bool = False, dead: bool = False):
+        """Raise a background writer failure as WriterError (and warn about other events).
+
+        ``always``: raise even if it was raised before (captures after a failure must not
+        silently record nothing); ``dead``: the writer thread ended without a recorded error.
+        """
         self._warn_nonfinite()
-        if self._error is not None and not self._error_raised:
+        self._warn_report_failure()
+        if self._error is None and dead:
+            self._error = RuntimeError("the writer thread ended unexpectedly")
+        if self._error is not None and (always or not self._error_raised):
+            again = self._error_raised
             self._error_raised = True
             todo = "see" if closing else "close() the recorder and see"
             raise WriterError(
                 f"Recording to '{self.path}' failed in the background "
-                f"({type(self._error).__name__}: {self._error}). Snapshots committed before the "
-                f"failure are intact; {todo} the cause below."
+                f"({type(self._error).__name__}: {self._error}){' earlier' if again else ''}. "
+                f"Snapshots committed before the failure are intact; nothing is recorded after "
+                f"it; {todo} the cause below."
             ) from self._error
 
     def _warn_nonfinite(self) -> None:
@@ -594,6 +845,42 @@ class TrajectoryRecorder:
                 HyperlapseWarning,
                 stacklevel=3,
             )
+
+
+def _io_threads_cpu_s() -> float:
+    """CPU seconds used so far by zarr's I/O threads (its event loop and executors)."""
+    total = 0.0
+    for thread in threading.enumerate():
+        name = thread.name
+        if thread.ident is None or not (
+            name == "zarr_io" or name.startswith(("asyncio_", "zarr_pool"))
+        ):
+            continue
+        try:
+            total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (AttributeError, OSError, ValueError):  # not on this platform, or it ended
+            pass
+    return total
+
+
+def _is_scalar(value: Any) -> bool:
+    """Whether ``value`` becomes a float without a device sync here (tensors: by shape)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.is_complex()
+    if isinstance(value, numbers.Real):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} ({value.dtype})"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 def _to_float(value: Any) -> float:
@@ -626,6 +913,49 @@ def _close_open_recorders() -> None:
 # hook registered here (after zarr imported concurrent.futures) runs while they still work.
 _register = getattr(threading, "_register_atexit", atexit.register)
 _register(_close_open_recorders)
+
+
+# SIGTERM (how schedulers stop jobs) skips atexit. The handler commits what open recorders
+# captured, then does what the previous handler would have done: with the default action the
+# recorders are closed and the process ends by SIGTERM as before; a Python handler of the
+# program's own is called after a flush (the recorders stay open: that handler decides whether
+# the program ends). Installed once, from the main thread only (Python's rule), when the first
+# recorder is created; an ignored SIGTERM stays ignored.
+_SIGTERM_WAIT_S = 60.0  # at most this long per recorder: a signal must not hang the process
+_sigterm_previous: Any = None
+_sigterm_installed = False
+_sigterm_pid = 0  # a forked child (a DataLoader worker) inherits the handler, not the recorders
+
+
+def _install_sigterm_handler() -> None:
+    global _sigterm_previous, _sigterm_installed, _sigterm_pid
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is signal.SIG_IGN or previous is None:  # ignored, or set outside Python
+            return
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError, AttributeError):  # no SIGTERM here, or not allowed
+        return
+    _sigterm_previous, _sigterm_installed, _sigterm_pid = previous, True, os.getpid()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    previous = _sigterm_previous
+    for recorder in list(_OPEN) if os.getpid() == _sigterm_pid else []:
+        try:
+            if callable(previous):
+                recorder._flush_for_signal(_SIGTERM_WAIT_S)
+            else:  # the process ends now: commit what was captured and mark the store closed
+                recorder._shutdown(final=False, wait_s=_SIGTERM_WAIT_S)
+        except Exception as exc:  # noqa: BLE001 - nothing to raise to in a signal handler
+            print(f"hyperlapse: on SIGTERM: {exc}", file=sys.stderr)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)  # end as SIGTERM would have (exit status -15)
 
 
 # Background threads run at a lower scheduling priority than training: on a machine whose

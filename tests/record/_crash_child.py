@@ -25,6 +25,12 @@ def weights_for_step(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
 def main(path: str) -> None:
     from hyperlapse import TrajectoryRecorder
 
+    import warnings
+
+    from hyperlapse.errors import HyperlapseWarning
+
+    # short commits on purpose (the crash bound under test): not the write-amplification advice
+    warnings.filterwarnings("ignore", message="flush_every_s=", category=HyperlapseWarning)
     model = make_model()
     rec = TrajectoryRecorder(path, model, every=1, snapshots_per_chunk=8, flush_every_s=0.05)
     step = rec.current_step  # 0, or the last stored step when resuming (captured again: no-op)

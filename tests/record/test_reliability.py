@@ -96,6 +96,11 @@ def test_a_dead_writer_thread_is_raised_and_never_blocks(tmp_path, monkeypatch, 
         _within(5, rec.capture, 1000)
     _within(5, rec.close)  # returns, does not raise what was raised already
     assert rec.overhead()["snapshots"] >= 1
+    monkeypatch.undo()
+    # the failed writer gave its lock back: a retry at the same path in this process works
+    with TrajectoryRecorder(tmp_path / "r.zarr", model) as again:
+        again.capture(step=10_000)
+    assert open_trajectory(tmp_path / "r.zarr").steps.tolist()[-1] == 10_000
 
 
 def test_a_writer_death_while_the_training_thread_waits_for_a_buffer(tmp_path, monkeypatch):
@@ -369,3 +374,13 @@ def test_overhead_reports_what_recording_cost(tmp_path) -> None:
     assert 0 < cost["training_blocked_fraction"] < 1
     assert cost["writer_cpu_s"] > 0  # compression and writes happened on the writer thread
     assert cost["report_cpu_s"] == 0.0
+
+
+def test_short_flush_interval_warns_on_the_training_thread(tmp_path) -> None:
+    with pytest.warns(HyperlapseWarning, match="flush_every_s=0.05"):
+        rec = TrajectoryRecorder(tmp_path / "r.zarr", _mlp(), flush_every_s=0.05)
+    rec.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrajectoryRecorder(tmp_path / "s.zarr", _mlp(), flush_every_s=0.5, fsync=False).close()
+    assert open_trajectory(tmp_path / "s.zarr").attrs["recorder"]["fsync"] is False

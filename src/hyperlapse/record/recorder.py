@@ -33,7 +33,7 @@ from torch import nn
 
 from ..arch import describe_mlp, unwrap_model
 from ..errors import ArchitectureError, ConfigError, HyperlapseWarning, WriterError
-from ..store.writer import StoreWriter
+from ..store.writer import StoreWriter, short_flush_warning
 from .capture import DTYPES, CaptureBuffer, CaptureLayout
 from .schedule import make_schedule
 from .watch import ModelWatch, recorded_tensors
@@ -124,6 +124,9 @@ class TrajectoryRecorder:
         report: optional listener with ``on_snapshot(index, step, state, metrics)`` and
             ``close()``, and optionally ``on_start(architecture)``, called once with the MLP
             description before the first snapshot (see docs/recording.md).
+        fsync: fsync each flush's data before its commit and the commit itself (local
+            stores), so committed snapshots survive a power loss; ``False`` keeps only the
+            process-crash guarantee (measured cost: docs/recording.md).
 
     Raises:
         ConfigError: an invalid argument (checked here, never on the hot path).
@@ -167,6 +170,7 @@ class TrajectoryRecorder:
         snapshots_per_chunk: int | None = None,
         queue_size: int | None = None,
         report: Any = None,
+        fsync: bool = True,
     ) -> None:
         self._schedule = make_schedule(every, schedule)
         dtype = check_dtype_and_on_full(dtype, on_full)
@@ -265,6 +269,7 @@ class TrajectoryRecorder:
             "buffers": bool(buffers),
             "flush_every_s": flush_every_s,
             "queue_size": queue_size,
+            "fsync": bool(fsync),
         }
         parameters = [
             {"name": n, "shape": list(s), "dtype": d}
@@ -279,7 +284,11 @@ class TrajectoryRecorder:
             config=config,
             snapshots_per_chunk=snapshots_per_chunk,
             flush_every_s=flush_every_s,
+            fsync=fsync,
         )
+        short = short_flush_warning(flush_every_s)
+        if short is not None:
+            warnings.warn(short, HyperlapseWarning, stacklevel=2)
         self.architecture = architecture
         self._first_index = self.writer.committed  # index of this session's first snapshot
         if self.writer.committed:  # resuming: continue after the last stored step
@@ -527,6 +536,10 @@ class TrajectoryRecorder:
                 handle.remove()
             self._work.put(_CLOSE)
             self._writer_thread.join(wait_s)
+            if not self._writer_thread.is_alive():
+                # a writer that failed never reached writer.close(): give the lock back, so a
+                # retry at the same path in this process is not refused
+                self.writer.release()
             if self._report_thread is not None:
                 self._put_report(_CLOSE)
                 self._report_thread.join(wait_s)

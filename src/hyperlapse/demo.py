@@ -113,6 +113,7 @@ def run_demo(
         out / "digits",
         model=model,
         quiet=quiet,
+        verbose=not quiet,
         seed=seed,
         probes=Xte[:64].double(),
         title="hyperlapse demo: digits (live)",

@@ -163,3 +163,25 @@ def test_architecture_guess_and_errors(tmp_path):
         architecture_from_state(bad)
     with pytest.raises(ConfigError, match="max_pending"):
         LiveReport(tmp_path, max_pending=-1)
+
+
+def test_live_report_is_quiet_in_stdout_unless_verbose(tmp_path, capsys):
+    import torch
+    from torch import nn
+
+    from hyperlapse import LiveReport, TrajectoryRecorder
+
+    for verbose, quiet in ((False, False), (True, False), (False, True)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        live = LiveReport(tmp_path / f"r{verbose}{quiet}", model=model, plots=False,
+                          verbose=verbose, quiet=quiet, refine_steps=1, geometry_every=0)
+        with TrajectoryRecorder(tmp_path / f"s{verbose}{quiet}.zarr", model, every=1,
+                                report=live) as rec:
+            for step in range(3):
+                rec.capture(step=step)
+        out, err = capsys.readouterr()
+        assert len(live.reports) == 3
+        assert (out.count("step") >= 3) == verbose  # a line per snapshot only when asked
+        assert ("verbose=True" in err) == (not verbose and not quiet)  # said once, on stderr
+        assert err.count("hyperlapse LiveReport") <= 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import math
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -94,7 +95,10 @@ class LiveReport:
         model: the recorded model (its architecture, activations included, is read now);
             or ``architecture=`` (``describe_mlp`` output); with neither, it is guessed from the
             first snapshot without activations (see :func:`architecture_from_state`).
-        quiet: no terminal line per snapshot.
+        verbose: print a line per snapshot to stdout (``False``, the default, keeps your
+            training output clean: one line on stderr says where the report goes and how to get
+            the per-snapshot lines).
+        quiet: not even that one line.
         plots: draw the plots and page at :meth:`close`.
         points, labels: 2-D data drawn on the volume-element maps (2-D inputs only).
         max_pending: snapshots queued for the worker at most; when full, the newest is left
@@ -131,6 +135,7 @@ class LiveReport:
         model: nn.Module | None = None,
         architecture: Mapping[str, Any] | None = None,
         quiet: bool = False,
+        verbose: bool = False,
         plots: bool = True,
         points: Tensor | None = None,
         labels: Tensor | None = None,
@@ -145,8 +150,9 @@ class LiveReport:
             architecture = describe_mlp(model)
         self.out_dir = Path(out_dir)
         self._kwargs = dict(
-            quiet=quiet, plots=plots, points=points, labels=labels, title=title, **online
+            quiet=not verbose, plots=plots, points=points, labels=labels, title=title, **online
         )
+        self._announce = not quiet and not verbose
         self._lock = threading.Lock()
         self._session: ReportSession | None = None
         self._closed = False
@@ -209,6 +215,15 @@ class LiveReport:
         Raises the worker's error, if it failed (the recorder hands it to the training thread).
         """
         item = (index, step, state, dict(metrics or {}))
+        if self._announce:
+            self._announce = False
+            print(
+                f"hyperlapse LiveReport: reporting into {self.out_dir} (reports.jsonl; "
+                f"report.html at close). LiveReport(..., verbose=True) prints a line per "
+                f"snapshot; quiet=True silences this line.",
+                file=sys.stderr,
+                flush=True,
+            )
         with self._lock:
             if self.error is not None:
                 raise self.error

@@ -352,3 +352,34 @@ def test_sweep_on_a_local_dask_cluster_matches_in_process(tmp_path):
                 assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
             else:
                 assert a[k] == b[k], k
+
+
+def test_probes_stored_by_the_recorder_are_the_analysis_default(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2))
+    probes = torch.randn(12, 3, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(ConfigError, match=r"shape \[B, 3\]"):
+        TrajectoryRecorder(tmp_path / "bad.zarr", model, probes=torch.zeros(4, 5))
+    assert not (tmp_path / "bad.zarr").exists()  # refused before the store was touched
+    path = tmp_path / "p.zarr"
+    with TrajectoryRecorder(path, model, every=1, probes=probes) as rec:
+        for step in range(3):
+            with torch.no_grad():
+                model[0].weight.mul_(1.1)
+            rec.capture(step=step)
+    with TrajectoryRecorder(path, model, every=1, probes=torch.ones(5, 3)) as rec:
+        rec.capture(step=3)  # a resumed run keeps the first batch
+    traj = analyze_mod._open(path)
+    assert torch.equal(traj.probes, probes.to(torch.float32))
+    kw = dict(quiet=True, plots=False, embeddings=False, d=3, refine_steps=1, geometry_every=1)
+    stored = analyze_store(path, tmp_path / "a", **kw)
+    given = analyze_store(path, tmp_path / "b", probes=probes.double(), **kw)
+
+    def geometry(res):
+        return [r["geometry"] for r in read_reports(res["reports"])]
+
+    assert geometry(stored) == geometry(given)
+    res = analyze_store(path, tmp_path / "c", quiet=True, d=3, refine_steps=1, geometry_every=1)
+    assert "12 inputs stored with the run" in (tmp_path / "c" / "report.html").read_text()
+    assert res["snapshots"] == 4
+    assert main(["info", "--verify", str(path)]) == 0

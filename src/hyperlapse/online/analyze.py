@@ -320,7 +320,8 @@ def analyze_store(
             or ``"lo:hi"``, either side may be None/empty).
         threads: torch intra-op threads while encoding (None: leave torch's setting).
         probes: probe inputs ``[B, n_0]`` for the input-space geometry, or a path to a ``.npy``
-            / ``.pt`` file holding them (default: Gaussian noise, a grid for 2-D inputs).
+            / ``.pt`` file holding them (default: the probes stored with the run by
+            ``TrajectoryRecorder(probes=)``, else Gaussian noise, a grid for 2-D inputs).
         **online: further :class:`~hyperlapse.online.encoder.OnlineEncoder` arguments.
 
     Returns:
@@ -346,7 +347,7 @@ def analyze_store(
             f"No snapshot of '{store}' lies in the step range {step_range} (its steps run from "
             f"{all_steps[0]} to {all_steps[-1]}). Widen --steps."
         )
-    online, probes_from = _with_probes(online, probes, traj.architecture)
+    online, probes_from = _with_probes(online, probes, traj.architecture, traj.probes)
     out = Path(out)
     name = Path(str(store)).name
     with torch_threads(threads) as nthreads:
@@ -408,10 +409,15 @@ def analyze_store(
 
 
 def _with_probes(
-    online: dict[str, Any], probes: Any, architecture: dict[str, Any]
+    online: dict[str, Any], probes: Any, architecture: dict[str, Any],
+    stored: torch.Tensor | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """Resolve ``probes`` (tensor, array or file path) into the online arguments, and say which."""
+    """Resolve ``probes`` (tensor, array or file path; default: those stored with the run) into
+    the online arguments, and say which."""
     online = dict(online)
+    if probes is None and stored is not None and online.get("geometry_every", True):
+        online["probes"] = stored.to(torch.float64)
+        return online, f"{stored.shape[0]} inputs stored with the run (recorder probes=)"
     if probes is None:
         return online, _probes_note(online, None)
     in_features = int(architecture["widths"][0])
@@ -490,7 +496,7 @@ def watch_store(
         raise ConfigError(f"Expected stride to be a whole number >= 1, got {stride!r}.")
     start = time.monotonic()
     traj = _wait_for_store(store, timeout_s, poll_s, quiet)
-    online, probes_from = _with_probes(online, probes, traj.architecture)
+    online, probes_from = _with_probes(online, probes, traj.architecture, traj.probes)
     out = Path(out)
     name = Path(str(store)).name
     done = 0  # next committed index to consider

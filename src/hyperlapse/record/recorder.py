@@ -127,6 +127,9 @@ class TrajectoryRecorder:
         fsync: fsync each flush's data before its commit and the commit itself (local
             stores), so committed snapshots survive a power loss; ``False`` keeps only the
             process-crash guarantee (measured cost: docs/recording.md).
+        probes: a small batch of real inputs ``[B, n_0]`` (e.g. 64-256 held-out training
+            examples) stored once with the run, so ``hyperlapse analyze`` measures the
+            input-space geometry on the training distribution instead of Gaussian noise.
 
     Raises:
         ConfigError: an invalid argument (checked here, never on the hot path).
@@ -171,6 +174,7 @@ class TrajectoryRecorder:
         queue_size: int | None = None,
         report: Any = None,
         fsync: bool = True,
+        probes: Any = None,
     ) -> None:
         self._schedule = make_schedule(every, schedule)
         dtype = check_dtype_and_on_full(dtype, on_full)
@@ -277,6 +281,7 @@ class TrajectoryRecorder:
                 self._names, self._layout.shapes, self._layout.logical_dtypes, strict=True
             )
         ]
+        probe_data = None if probes is None else _check_probes(probes, architecture)
         self.writer = StoreWriter(
             path,
             parameters,
@@ -286,6 +291,8 @@ class TrajectoryRecorder:
             flush_every_s=flush_every_s,
             fsync=fsync,
         )
+        if probe_data is not None:
+            self.writer.write_probes(probe_data)
         short = short_flush_warning(flush_every_s)
         if short is not None:
             warnings.warn(short, HyperlapseWarning, stacklevel=2)
@@ -894,6 +901,29 @@ def _describe(value: Any) -> str:
         return f"a tensor of shape {tuple(value.shape)} ({value.dtype})"
     text = repr(value)
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _check_probes(probes: Any, architecture: dict[str, Any] | None) -> Any:
+    """Probe inputs as a float32 array ``[B, n_0]``; a clear error for anything else (raised
+    before the store is touched)."""
+    import numpy as np
+
+    try:
+        data = (probes.detach().cpu().to(torch.float32).numpy() if isinstance(probes, torch.Tensor)
+                else np.asarray(probes, dtype=np.float32))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"Expected probes to be a tensor or array of inputs [B, n_0], but got "
+            f"{type(probes).__name__} ({exc})."
+        ) from None
+    width = None if architecture is None else int(architecture["widths"][0])
+    if data.ndim != 2 or data.shape[0] == 0 or (width is not None and data.shape[1] != width):
+        raise ConfigError(
+            f"Expected probes of shape [B, {width if width is not None else 'n_0'}] (B >= 1 "
+            f"inputs of the model), but got {tuple(data.shape)}. Flatten each input to the "
+            f"model's input width, e.g. x_val[:128].flatten(1)."
+        )
+    return data
 
 
 def _to_float(value: Any) -> float:

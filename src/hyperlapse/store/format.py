@@ -49,6 +49,9 @@ PARAMS = "params"
 STEP = "step"
 WALL_TIME = "wall_time"
 METRICS = "metrics"
+#: Optional ``(B, n_0)`` float32 probe inputs stored with a run (``TrajectoryRecorder(probes=)``);
+#: attrs ``probes`` = ``{"num", "features"}`` says they are there.
+PROBES = "probes"
 SNAPSHOT_DIM = "snapshot"
 
 #: Target bytes of one shard of one parameter when ``snapshots_per_chunk`` is not given.

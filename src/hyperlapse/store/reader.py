@@ -192,6 +192,30 @@ class Trajectory:
         self._handles[path] = arr
         return arr
 
+    @property
+    def probes(self) -> torch.Tensor | None:
+        """Probe inputs ``[B, n_0]`` stored with the run (``TrajectoryRecorder(probes=)``), or
+        None. ``hyperlapse analyze`` uses them for the input-space geometry by default.
+
+        Raises:
+            CorruptStoreError: the attrs say probes were stored but they cannot be read.
+        """
+        meta = self.attrs.get("probes")
+        if meta is None:
+            return None
+        want = (meta.get("num"), meta.get("features")) if isinstance(meta, dict) else None
+        try:
+            data = np.asarray(zarr.open_array(self._store, path=fmt.PROBES, mode="r")[...])
+        except _ERRORS as exc:
+            raise self._corrupt(
+                f"its probe inputs '{fmt.PROBES}' cannot be read ({type(exc).__name__}: {exc})"
+            ) from exc
+        if data.ndim != 2 or tuple(data.shape) != want:
+            raise self._corrupt(
+                f"its probe inputs have shape {data.shape}, but the attrs say {want}"
+            )
+        return torch.from_numpy(data.copy())
+
     def _corrupt(self, what: str) -> CorruptStoreError:
         return CorruptStoreError(
             f"The store at '{self.location}' is damaged: {what}. Restore it from a copy or "

@@ -560,6 +560,35 @@ class StoreWriter:
         finally:
             self.release()
 
+    def write_probes(self, probes: np.ndarray) -> bool:
+        """Store a small batch of probe inputs ``[B, n_0]`` with the run (once: a resumed run
+        keeps the first batch). Returns whether they were written now.
+
+        The analysis then measures the input-space geometry on these (the training
+        distribution) instead of Gaussian noise.
+        """
+        if self.group.attrs.get("probes") is not None:
+            return False
+        data = np.ascontiguousarray(probes, dtype=np.float32)
+        arr = self.group.create_array(
+            fmt.PROBES,
+            shape=data.shape,
+            chunks=data.shape,
+            dtype="float32",
+            compressors=[Crc32cCodec()],
+            dimension_names=("probe", "probe_input"),
+            overwrite=True,
+        )
+        arr.with_config(_WRITE_ALL)[...] = data
+        if self.fsync:
+            root = fmt.local_path(self.location)
+            for key in (f"{fmt.PROBES}/zarr.json", f"{fmt.PROBES}/c/0/0"):
+                if (root / key).exists():
+                    _fsync(root / key)
+        self.group.attrs.update({"probes": {"num": int(data.shape[0]),
+                                            "features": int(data.shape[1])}})
+        return True
+
     def release(self) -> None:
         """Give the write lock back without committing anything (idempotent)."""
         lock, self._lock = self._lock, None

@@ -23,10 +23,9 @@ def weights_for_step(model: nn.Module, step: int) -> dict[str, torch.Tensor]:
 
 
 def main(path: str) -> None:
-    from hyperlapse import TrajectoryRecorder
-
     import warnings
 
+    from hyperlapse import TrajectoryRecorder
     from hyperlapse.errors import HyperlapseWarning
 
     # short commits on purpose (the crash bound under test): not the write-amplification advice

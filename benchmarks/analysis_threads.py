@@ -22,31 +22,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from hyperlapse import TrajectoryRecorder
 from hyperlapse.online.analyze import analyze_store
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import record_run  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "analysis_threads.json"
-
-
-def record(path: Path, widths: list[int], snapshots: int) -> None:
-    torch.manual_seed(0)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    model = nn.Sequential(*layers)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    X = torch.randn(128, widths[0])
-    y = torch.randint(0, widths[-1], (128,))
-    with TrajectoryRecorder(path, model, every=5) as rec:
-        rec.attach(opt)
-        for _ in range(5 * (snapshots - 1)):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(X), y).backward()
-            opt.step()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -67,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             store = Path(tmp) / "run.zarr"
-            record(store, widths, args.snapshots)
+            record_run(store, widths, args.snapshots)
             for r in range(repeats):
                 for label, threads in (("1", 1), ("default", default_threads)):
                     start = time.perf_counter()

@@ -14,32 +14,19 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from hyperlapse import TrajectoryRecorder
 from hyperlapse.online.sweep import analyze_sweep
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import record_run  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "sweep_cost.json"
-
-
-def record(path: Path, seed: int, snapshots: int, widths: list[int]) -> None:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-        layers += [nn.Linear(a, b)] + ([nn.Tanh()] if i < len(widths) - 2 else [])
-    model = nn.Sequential(*layers)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    X, y = torch.randn(256, widths[0]), torch.randint(0, widths[-1], (256,))
-    with TrajectoryRecorder(path, model, every=5) as rec:
-        rec.attach(opt)
-        for _ in range(5 * (snapshots - 1)):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(X), y).backward()
-            opt.step()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         stores = [Path(tmp) / f"run{i}.zarr" for i in range(runs)]
         for i, s in enumerate(stores):
-            record(s, i, snaps, widths)
+            record_run(s, widths, snaps, seed=i, activation=nn.Tanh, batch=256)
         for r in range(repeats):
             for label, sched in (("in-process", None), ("local-cluster", "local")):
                 res = analyze_sweep(stores, Path(tmp) / f"{label}{r}", scheduler=sched,

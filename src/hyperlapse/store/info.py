@@ -166,7 +166,8 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append("recording    " + ", ".join(_cost_text(k, v) for k, v in cost.items()))
     if isinstance(info.get("write_amplification"), (int, float)):
         lines.append(f"written      {info['write_amplification']:.2f} bytes per byte of data "
-                     f"(partial-shard rewrites of time flushes)")
+                     f"(rewrites of partial shards at time flushes; for tiny models mostly the "
+                     f"fixed-size step/metric chunks)")
     if not info.get("verified"):
         lines.append("integrity    not verified (hyperlapse info --verify reads every snapshot)")
     elif not info["damaged"]:

@@ -27,6 +27,9 @@ PASSTHROUGH = (
     "snapshots_per_chunk",
     "queue_size",
     "report",
+    "fsync",
+    "compression",
+    "probes",
 )
 
 

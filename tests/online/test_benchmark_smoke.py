@@ -48,3 +48,18 @@ def test_sweep_cost_quick(tmp_path):
     for label in ("in-process", "local-cluster"):
         s = res["seconds_per_store"][label]
         assert 0 < s["min"] <= s["median"] <= s["max"]
+
+
+def test_compression_cost_quick(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "compression_cost", SCRIPT.parent / "compression_cost.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    res = module.main(["--quick", "--out", str(tmp_path / "c.json")])
+    f32 = res["choices"]["float32"]
+    assert f32["none"]["stored_over_raw"] > 1.0  # raw bytes plus a 4-byte checksum per chunk
+    assert f32["auto"]["stored_over_raw"] < f32["none"]["stored_over_raw"]
+    for row in f32.values():
+        if isinstance(row, dict):
+            assert 0 < row["ms_per_mb"]["min"] <= row["ms_per_mb"]["median"]

@@ -316,3 +316,30 @@ def test_all_nan_metric_chunks_are_written_not_taken_for_damage(tmp_path) -> Non
     metrics = open_trajectory(path).metrics
     assert np.isnan(metrics["late"]).all() and metrics["loss"].tolist()[-1] == 1.0
     assert main(["info", "--verify", str(path)]) == 0
+
+
+@pytest.mark.parametrize("compression", ["auto", "none", "lz4", "zstd", None])
+def test_compression_choices_roundtrip_bit_exact(tmp_path, compression) -> None:
+    path = tmp_path / "run.zarr"
+    model = _record(path, compression=compression)
+    traj = open_trajectory(path)
+    assert torch.equal(traj[len(traj) - 1]["0.weight"], model[0].weight.detach())
+    g = zarr.open_group(path, mode="r")
+    inner = g["params/0.weight"].metadata.codecs[0].codecs
+    assert isinstance(inner[-1], Crc32cCodec)
+    assert len(inner) == (2 if compression in ("none", None) else 3)  # bytes [+ codec] + crc
+    raw = g["params/0.weight"][:]  # plain zarr decodes every choice
+    assert np.array_equal(raw[-1], model[0].weight.detach().numpy())
+    assert main(["info", "--verify", str(path)]) == 0
+    # a resumed store keeps the codecs it was created with
+    with TrajectoryRecorder(path, model, every=1, compression="zstd" if compression else "lz4",
+                            snapshots_per_chunk=4) as rec:
+        rec.capture(step=1000)
+    assert zarr.open_group(path, mode="r")["params/0.weight"].metadata.codecs[0].codecs == inner
+    assert open_trajectory(path).steps.tolist()[-1] == 1000
+
+
+def test_unknown_compression_is_refused_before_anything_is_written(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="compression"):
+        TrajectoryRecorder(tmp_path / "run.zarr", nn.Linear(2, 2), compression="gzip")
+    assert not (tmp_path / "run.zarr").exists()

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..arch import describe_mlp, unwrap_model
 from ..errors import ArchitectureError, ConfigError, HyperlapseWarning, WriterError
+from ..store.format import check_compression
 from ..store.writer import StoreWriter, short_flush_warning
 from .capture import DTYPES, CaptureBuffer, CaptureLayout
 from .schedule import make_schedule
@@ -127,6 +128,9 @@ class TrajectoryRecorder:
         fsync: fsync each flush's data before its commit and the commit itself (local
             stores), so committed snapshots survive a power loss; ``False`` keeps only the
             process-crash guarantee (measured cost: docs/recording.md).
+        compression: compressor of a new store's weights: "auto" (blosc-lz4 + bitshuffle for
+            float32, zstd for 16-bit dtypes), "none" (no CPU spent; the store keeps the raw
+            bytes), "lz4" or "zstd". A resumed store keeps its own. Costs: docs/recording.md.
         probes: a small batch of real inputs ``[B, n_0]`` (e.g. 64-256 held-out training
             examples) stored once with the run, so ``hyperlapse analyze`` measures the
             input-space geometry on the training distribution instead of Gaussian noise.
@@ -175,8 +179,10 @@ class TrajectoryRecorder:
         report: Any = None,
         fsync: bool = True,
         probes: Any = None,
+        compression: str = "auto",
     ) -> None:
         self._schedule = make_schedule(every, schedule)
+        fmt_compression = check_compression(compression)
         dtype = check_dtype_and_on_full(dtype, on_full)
         if flush_every_s is not None and not (
             isinstance(flush_every_s, numbers.Real)
@@ -274,6 +280,7 @@ class TrajectoryRecorder:
             "flush_every_s": flush_every_s,
             "queue_size": queue_size,
             "fsync": bool(fsync),
+            "compression": fmt_compression,
         }
         parameters = [
             {"name": n, "shape": list(s), "dtype": d}
@@ -290,6 +297,7 @@ class TrajectoryRecorder:
             snapshots_per_chunk=snapshots_per_chunk,
             flush_every_s=flush_every_s,
             fsync=fsync,
+            compression=fmt_compression,
         )
         if probe_data is not None:
             self.writer.write_probes(probe_data)

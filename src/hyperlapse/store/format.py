@@ -85,15 +85,43 @@ def default_compressor(stored_dtype: str) -> Any:
     return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=itemsize)
 
 
-def param_compressors(stored_dtype: str) -> list[Any]:
+#: ``compression=`` choices of the recorder/writer: "auto" is the measured default per dtype.
+COMPRESSIONS = ("auto", "none", "lz4", "zstd")
+
+
+def check_compression(compression: Any) -> str:
+    """Validate a ``compression=`` choice (raises ConfigError)."""
+    if compression is None:
+        return "none"
+    if compression not in COMPRESSIONS:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"Expected compression to be one of {list(COMPRESSIONS)} (or None for 'none'), but "
+            f"got {compression!r}. 'auto' is the measured default; 'none' costs no CPU and "
+            f"stores the raw bytes; compact a closed store later to save space."
+        )
+    return str(compression)
+
+
+def param_compressors(stored_dtype: str, compression: str = "auto") -> list[Any]:
     """The bytes-to-bytes codecs of a params array's inner chunks (version 2).
 
     The last one is always ``crc32c``: every inner chunk carries its checksum, so a damaged
-    snapshot is detected by hyperlapse and by plain Zarr alike. A future uncompressed mode
-    (``compression=None``) keeps only ``crc32c``: inner chunks then have a fixed size
-    (``nbytes + 4``), so a shard's index is known before any snapshot arrives.
+    snapshot is detected by hyperlapse and by plain Zarr alike. ``compression="none"`` keeps
+    only ``crc32c``: inner chunks then have a fixed size (``nbytes + 4``), so a shard's index is
+    known before any snapshot arrives (the planned fill-in-place writer builds on that).
     """
-    return [default_compressor(stored_dtype), Crc32cCodec()]
+    compression = check_compression(compression)
+    itemsize = np.dtype(stored_dtype).itemsize
+    if compression == "auto":
+        return [default_compressor(stored_dtype), Crc32cCodec()]
+    if compression == "none":
+        return [Crc32cCodec()]
+    if compression == "lz4":
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=itemsize),
+                Crc32cCodec()]
+    return [ZstdCodec(level=1), Crc32cCodec()]
 
 
 def dimension_names(

@@ -87,6 +87,9 @@ class StoreWriter:
         fsync: fsync the data of every flush before its commit, and the commit itself (local
             folders; object stores acknowledge a PUT only once it is stored). ``False`` still
             survives a process crash, but not a power loss or a kernel crash.
+        compression: compressor of new stores' parameter chunks: "auto" (measured default per
+            dtype), "none", "lz4" or "zstd" (docs/recording.md has each one's cost). A resumed
+            store keeps the codecs it was created with.
 
     Attributes:
         recording_cost: set by the recorder; when not ``None`` every commit stores it in the
@@ -114,8 +117,10 @@ class StoreWriter:
         snapshots_per_chunk: int | None = None,
         flush_every_s: float | None = 2.0,
         fsync: bool = True,
+        compression: str = "auto",
     ) -> None:
         self.location = os.fspath(location)
+        self.compression = fmt.check_compression(compression)
         self.parameters = [
             {"name": p["name"], "shape": [int(s) for s in p["shape"]], "dtype": str(p["dtype"])}
             for p in parameters
@@ -285,7 +290,7 @@ class StoreWriter:
                 dtype=stored,
                 chunks=(1, *inner),
                 shards=(self.k, *inner),
-                compressors=fmt.param_compressors(stored),
+                compressors=fmt.param_compressors(stored, self.compression),
                 fill_value=0,
                 attributes={"hyperlapse_dtype": p["dtype"], "coordinates": fmt.STEP},
                 dimension_names=dims[p["name"]],

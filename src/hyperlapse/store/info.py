@@ -13,7 +13,7 @@ from . import format as fmt
 from .lock import owner_text, writer_alive
 from .reader import open_trajectory
 
-__all__ = ["store_info", "format_info", "disk_usage"]
+__all__ = ["store_info", "format_info", "disk_usage", "human_size"]
 
 
 def disk_usage(location: str | os.PathLike, prefix: str = "") -> tuple[int, int]:
@@ -115,7 +115,7 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
     }
 
 
-def _size(nbytes: float | None) -> str:
+def human_size(nbytes: float | None) -> str:
     if nbytes is None:
         return "n/a"
     for unit in ("B", "KB", "MB", "GB"):
@@ -146,10 +146,11 @@ def format_info(info: dict[str, Any]) -> str:
         shape = "x".join(map(str, p["shape"])) or "scalar"
         lines.append(
             f"  {p['name']:<{width}}  {shape:>12}  {p['dtype']:<8}  "
-            f"{_size(p['stored_bytes'])} of {_size(p['raw_bytes'])}"
+            f"{human_size(p['stored_bytes'])} of {human_size(p['raw_bytes'])}"
         )
     lines += [
-        f"size         {_size(info['stored_bytes'])} stored / {_size(info['raw_bytes'])} raw "
+        f"size         {human_size(info['stored_bytes'])} stored / "
+        f"{human_size(info['raw_bytes'])} raw "
         f"({info['compression_ratio']:.2f}; {info['ratio_to_float32']:.2f} of float32)",
         f"files        {info['files'] if info['files'] is not None else 'n/a'}",
         f"metrics      {', '.join(info['metrics']) or 'none'}",
@@ -186,5 +187,5 @@ def _cost_text(key: str, value: Any) -> str:
             return f"{key} {value * 1e3:.1f} ms" if value < 1 else f"{key} {value:.2f} s"
         return f"{key} {value:.3g}"
     if key.startswith("bytes") and isinstance(value, int):
-        return f"{key} {_size(value)}"
+        return f"{key} {human_size(value)}"
     return f"{key} {value}"

@@ -58,6 +58,9 @@ def _worker(rank: int, port: int, root: str) -> None:
             optimizer.step()
         for recorder in recorders:
             recorder.close()
+        # rank 0's close (flush + fsync) takes longer than the no-op of rank 1: tearing gloo
+        # down while the peer is still busy can abort the process ("terminate called ...")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -1,18 +1,11 @@
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "online_scaling.py"
 
 
 @pytest.mark.slow
-def test_online_scaling_quick(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("online_scaling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_online_scaling_quick(tmp_path, capsys, load_benchmark):
+    module = load_benchmark("online_scaling")
     out = tmp_path / "r.json"
     res = module.main(["--quick", "--out", str(out)])
     assert out.exists()
@@ -24,12 +17,8 @@ def test_online_scaling_quick(tmp_path, capsys):
     assert res["machine"]["cpu_count"] >= 1
 
 
-def test_analysis_threads_quick(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "analysis_threads", SCRIPT.parent / "analysis_threads.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_analysis_threads_quick(tmp_path, load_benchmark):
+    module = load_benchmark("analysis_threads")
     res = module.main(["--quick", "--out", str(tmp_path / "t.json")])
     assert (tmp_path / "t.json").exists()
     for label in ("1", "default"):
@@ -39,23 +28,17 @@ def test_analysis_threads_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_cost_quick(tmp_path):
+def test_sweep_cost_quick(tmp_path, load_benchmark):
     pytest.importorskip("distributed")
-    spec = importlib.util.spec_from_file_location("sweep_cost", SCRIPT.parent / "sweep_cost.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("sweep_cost")
     res = module.main(["--quick", "--out", str(tmp_path / "s.json")])
     for label in ("in-process", "local-cluster"):
         s = res["seconds_per_store"][label]
         assert 0 < s["min"] <= s["median"] <= s["max"]
 
 
-def test_compression_cost_quick(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "compression_cost", SCRIPT.parent / "compression_cost.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_compression_cost_quick(tmp_path, load_benchmark):
+    module = load_benchmark("compression_cost")
     res = module.main(["--quick", "--out", str(tmp_path / "c.json")])
     f32 = res["choices"]["float32"]
     assert f32["none"]["stored_over_raw"] > 1.0  # raw bytes plus a 4-byte checksum per chunk

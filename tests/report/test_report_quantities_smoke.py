@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "report_quantities.py"
-
 
 @pytest.mark.slow
-def test_quick_report_quantities(tmp_path, monkeypatch):
+def test_quick_report_quantities(tmp_path, load_benchmark):
     pytest.importorskip("sklearn")
-    monkeypatch.setattr(sys, "path", [str(SCRIPT.parent), *sys.path])
-    spec = importlib.util.spec_from_file_location("report_quantities", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("report_quantities")
     out = tmp_path / "rq.json"
     threads = torch.get_num_threads()
     try:

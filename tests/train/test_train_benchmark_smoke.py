@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from train_helpers import one_thread  # noqa: F401 (autouse fixture)
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "link_sign_prediction.py"
-
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_a_complete_report(tmp_path):
+def test_quick_benchmark_writes_a_complete_report(tmp_path, load_benchmark):
     pytest.importorskip("sklearn")
-    spec = importlib.util.spec_from_file_location("link_sign_prediction", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("link_sign_prediction")
     out = tmp_path / "result.json"
     module.main(["--quick", "--workers", "1", "--out", str(out)])
     report = json.loads(out.read_text())
@@ -39,11 +33,9 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_geometry_check(tmp_path):
+def test_quick_geometry_check(tmp_path, load_benchmark):
     pytest.importorskip("sklearn")
-    spec = importlib.util.spec_from_file_location("link_sign_prediction", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("link_sign_prediction")
     out = tmp_path / "geo.json"
     report = module.main(["--quick", "--workers", "1", "--geometry-dims", "2", "--out", str(out)])
     kinds = {(r["task"], r["manifold"]) for r in report["results"]}

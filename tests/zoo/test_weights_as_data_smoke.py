@@ -1,18 +1,11 @@
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "weights_as_data.py"
 
 
 @pytest.mark.slow
-def test_weights_as_data_quick(tmp_path):
-    spec = importlib.util.spec_from_file_location("weights_as_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_weights_as_data_quick(tmp_path, load_benchmark):
+    module = load_benchmark("weights_as_data")
     out = tmp_path / "r.json"
     res = module.main(["--quick", "--out", str(out), "--work", str(tmp_path / "work")])
     assert out.exists() and out.with_suffix(".md").exists()

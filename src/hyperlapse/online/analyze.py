@@ -71,6 +71,11 @@ def _open(store: str | Path):
     return traj
 
 
+def _check_count(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"Expected {name} to be a whole number >= 1, got {value!r}.")
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[int]:
     """Run the block with ``threads`` torch intra-op threads (None: leave as is), then restore."""
@@ -78,8 +83,7 @@ def torch_threads(threads: int | None) -> Iterator[int]:
     if threads is None:
         yield before
         return
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ConfigError(f"Expected threads to be a whole number >= 1, got {threads!r}.")
+    _check_count("threads", threads)
     torch.set_num_threads(threads)
     try:
         yield threads
@@ -123,8 +127,7 @@ def select_snapshots(
         >>> select_snapshots([0, 10, 20, 30, 40, 50], stride=2, step_range=(10, 40))
         [1, 3, 4]
     """
-    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-        raise ConfigError(f"Expected stride to be a whole number >= 1, got {stride!r}.")
+    _check_count("stride", stride)
     lo, hi = step_range
     chosen = [
         t for t, s in enumerate(steps)
@@ -492,8 +495,7 @@ def watch_store(
     """
     if poll_s <= 0:
         raise ConfigError(f"Expected poll_s > 0 seconds, got {poll_s}.")
-    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-        raise ConfigError(f"Expected stride to be a whole number >= 1, got {stride!r}.")
+    _check_count("stride", stride)
     start = time.monotonic()
     traj = _wait_for_store(store, timeout_s, poll_s, quiet)
     online, probes_from = _with_probes(online, probes, traj.architecture, traj.probes)

@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 import zarr
+from online_helpers import assert_json_close
 from torch import nn
 
 from hyperlapse import TrajectoryRecorder
@@ -72,22 +73,6 @@ def test_analyze_writes_reports_embeddings_and_page(store, tmp_path):
     assert "<script" not in html and "src=\"http" not in html and "href=" not in html
 
 
-def _same(a, b, path=""):
-    """Equal JSON values; floats to 1e-12 relative."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=1e-12, abs=1e-15), path
-    else:
-        assert a == b, path
-
-
 def test_cli_analyze_is_deterministic_across_processes(store, tmp_path):
     out = []
     for name in ("x", "y"):
@@ -99,7 +84,7 @@ def test_cli_analyze_is_deterministic_across_processes(store, tmp_path):
                     for r in read_reports(tmp_path / name / "reports.jsonl")])
     # the embeddings are bit-exact (below); report statistics computed with LAPACK (the partial
     # Spearman's least squares) may differ in the last bit with memory alignment
-    _same(out[0], out[1])
+    assert_json_close(out[0], out[1], tol=1e-12, abs_tol=1e-15)
     a = zarr.open_array(str(tmp_path / "x" / "embeddings.zarr" / "z"), mode="r")[...]
     b = zarr.open_array(str(tmp_path / "y" / "embeddings.zarr" / "z"), mode="r")[...]
     assert (a == b).all()

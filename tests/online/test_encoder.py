@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from online_helpers import assert_json_close
 
 from hyperlapse.errors import ArchitectureError, ConfigError
 from hyperlapse.graph.parameter_graph import ParameterGraph
@@ -25,22 +26,6 @@ KW = dict(d=4, refine_steps=2, dtype=torch.float64, num_hubs=3)
 
 def _strip(report):
     return {k: v for k, v in report.items() if k != "timing"}
-
-
-def _close(a, b, path="", tol=1e-6):
-    """Recursive comparison of JSON values with a float tolerance."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _close(a[k], b[k], f"{path}.{k}", tol)
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, f"{path}[{i}]", tol)
-    elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=tol, abs_tol=tol), (path, a, b)
-    else:
-        assert a == b, (path, a, b)
 
 
 def _run(arch, states, steps, before_last=None, **kw):
@@ -109,7 +94,7 @@ def test_deterministic_for_a_fixed_seed(base):
     r2, z2, _ = _run(arch, states, steps)
     # bit-identical across processes (see test_analyze); within one process the second run
     # can differ in the last bit (float64), hence the tolerance
-    _close([_strip(r) for r in r1], [_strip(r) for r in r2], tol=1e-12)
+    assert_json_close([_strip(r) for r in r1], [_strip(r) for r in r2], tol=1e-12)
     assert torch.allclose(z1, z2, rtol=0, atol=1e-13)
     online = OnlineEncoder(arch, **{**KW, "seed": 4})
     online.update(states[0], 0)
@@ -135,8 +120,8 @@ def test_equivariant_to_permuting_hidden_neurons(base):
         # per-neuron lists are in node order: the same values, permuted
         for key in ("importance", "in_norm", "out_norm"):
             if a["neurons"] is not None:
-                _close(sorted(a["neurons"].pop(key)), sorted(b["neurons"].pop(key)), key)
-        _close(a, b)
+                assert_json_close(sorted(a["neurons"].pop(key)), sorted(b["neurons"].pop(key)), key)
+        assert_json_close(a, b)
 
 
 def test_cost_per_snapshot_is_bounded(run_factory):

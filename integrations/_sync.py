@@ -30,6 +30,7 @@ PASSTHROUGH = (
     "fsync",
     "compression",
     "probes",
+    "architecture",
 )
 
 

@@ -58,7 +58,8 @@ class HyperlapseCallback(Callback):
         log_metrics: store ``trainer.callback_metrics`` (scalars logged with ``self.log``)
             with the snapshots.
         **options: passed to :class:`hyperlapse.TrajectoryRecorder` (``on_full``, ``buffers``,
-            ``flush_every_s``, ``snapshots_per_chunk``, ``queue_size``, ``report``).
+            ``flush_every_s``, ``snapshots_per_chunk``, ``queue_size``, ``report``, ``fsync``,
+            ``compression``, ``probes``, ``architecture``).
 
     Raises:
         ConfigError: an invalid argument (here, not during training); at ``setup``: a strategy

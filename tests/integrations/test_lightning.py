@@ -207,6 +207,17 @@ def test_not_an_mlp_records_and_warns(tmp_path):
     _assert_final(traj, model.net, prefix="net.")
 
 
+def test_architecture_option_reaches_the_recorder(tmp_path):
+    path = tmp_path / "run.zarr"
+    model = TinyModule()
+    arch = hyperlapse.describe_mlp(model.net)
+    for layer in arch["layers"]:  # recorded from the LightningModule: names start with net.
+        layer["weight"], layer["bias"] = f"net.{layer['weight']}", f"net.{layer['bias']}"
+    arch["layers"][0]["activation"] = "softsign"  # not what inference would find
+    _trainer(tmp_path, HyperlapseCallback(path, every=2, architecture=arch), max_steps=2).fit(model)
+    assert hyperlapse.open_trajectory(path).architecture["layers"][0]["activation"] == "softsign"
+
+
 @pytest.mark.parametrize("strategy", ["FSDPStrategy", "DeepSpeedStrategy"])
 def test_sharding_strategies_are_refused_at_setup(tmp_path, strategy):
     cls = getattr(L.pytorch.strategies, strategy)

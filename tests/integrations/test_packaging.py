@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -66,3 +67,12 @@ def test_adapter_without_its_trainer_names_the_extra(monkeypatch, name, hidden):
     monkeypatch.delitem(sys.modules, f"hyperlapse.integrations.{name}")
     with pytest.raises(MissingDependencyError, match=rf"pip install 'hyperlapse\[{name}\]'"):
         importlib.import_module(f"hyperlapse.integrations.{name}")
+
+
+def test_adapters_pass_every_recorder_option_through():
+    from hyperlapse.integrations._sync import PASSTHROUGH
+
+    from hyperlapse import TrajectoryRecorder
+
+    own = {"path", "model", "every", "schedule", "dtype"}  # the adapters set these themselves
+    assert set(inspect.signature(TrajectoryRecorder).parameters) - own == set(PASSTHROUGH)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from hyperlapse.cli import main
 from hyperlapse.errors import ConfigError, NotAStoreError, StoreError
 from hyperlapse.zoo import ZOOS, PopulationMLP, build_zoo, open_zoo
 from hyperlapse.zoo.builders import ZooSpec
-from hyperlapse.zoo.population import run_generator
+from hyperlapse.zoo.population import population_recorder, run_generator
 
 
 def test_population_forward_matches_members():
@@ -55,6 +56,20 @@ def test_run_init_does_not_depend_on_blocking():
     assert torch.equal(a[0].weight[3:], b[0].weight)
 
 
+def test_population_recorder_describes_the_stacked_parameters(tmp_path):
+    pop = PopulationMLP(3, [2, 4, 1], "tanh")
+    pop.init_runs([run_generator(0, r) for r in range(3)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the stacked module is described, not inferred
+        rec = population_recorder(str(tmp_path / "p.zarr"), pop, 1)
+    rec.capture()
+    rec.close()
+    arch = hyperlapse.open_trajectory(tmp_path / "p.zarr").architecture
+    assert arch == pop.recorded_architecture()
+    assert arch["runs"] == 3
+    assert arch["member"] == hyperlapse.describe_mlp(pop.member(0))
+
+
 @pytest.fixture(scope="module")
 def sines_zoo(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo") / "sines"
@@ -71,6 +86,10 @@ def test_zoo_layout_labels_and_views(sines_zoo):
     traj = hyperlapse.open_trajectory(zoo.folder / "block-0000.zarr")
     assert traj.weights("0.weight").shape == (21, 4, 32, 1)
     assert traj.attrs["population"]["architecture"]["widths"] == [1, 32, 32, 1]
+    # ... described by the recorder's architecture= (no not-an-MLP warning: warnings are errors)
+    assert traj.architecture == {"kind": "population", "runs": 4,
+                                 "member": traj.attrs["population"]["architecture"]}
+    assert hyperlapse.open_trajectory(zoo.folder / "block-0001.zarr").architecture["runs"] == 2
     run = zoo[5]  # second run of the second block
     assert len(run) == 21 and run.steps[-1] == 400
     assert np.array_equal(run.weights("2.weight"), np.asarray(

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..arch import describe_mlp, unwrap_model
+from ..arch import check_recorded_architecture, describe_mlp, unwrap_model
 from ..errors import ArchitectureError, ConfigError, HyperlapseWarning, WriterError
 from ..store.format import check_compression
 from ..store.writer import StoreWriter, short_flush_warning
@@ -134,6 +134,12 @@ class TrajectoryRecorder:
         probes: a small batch of real inputs ``[B, n_0]`` (e.g. 64-256 held-out training
             examples) stored once with the run, so ``hyperlapse analyze`` measures the
             input-space geometry on the training distribution instead of Gaussian noise.
+        architecture: describe the recorded parameters yourself instead of letting
+            :func:`hyperlapse.describe_mlp` infer it from the module: a ``describe_mlp``-style
+            dict (e.g. to name activations applied functionally in ``forward``), or
+            :func:`hyperlapse.arch.describe_population` for parameters with a leading run axis
+            (``hyperlapse.zoo``). Checked against the parameters' names and shapes, stored in
+            the store's ``architecture`` attribute; no not-an-MLP warning.
 
     Raises:
         ConfigError: an invalid argument (checked here, never on the hot path).
@@ -180,6 +186,7 @@ class TrajectoryRecorder:
         fsync: bool = True,
         probes: Any = None,
         compression: str = "auto",
+        architecture: Mapping[str, Any] | None = None,
     ) -> None:
         self._schedule = make_schedule(every, schedule)
         fmt_compression = check_compression(compression)
@@ -261,17 +268,12 @@ class TrajectoryRecorder:
         self._tensors = [t for _, t in named]
         self._layout = CaptureLayout(self._names, self._tensors, dtype)
         self._watch = ModelWatch(module, self._names, self._tensors, bool(buffers))
-        try:
-            architecture = describe_mlp(module)
-        except ArchitectureError as exc:
-            architecture = None
-            warnings.warn(
-                f"Recording {type(module).__name__}, which is not an MLP hyperlapse can turn into "
-                f"a parameter graph ({exc}). All parameters are recorded; graph analysis will not "
-                f"apply to this store.",
-                HyperlapseWarning,
-                stacklevel=2,
+        if architecture is not None:
+            architecture = check_recorded_architecture(
+                architecture, dict(zip(self._names, self._layout.shapes, strict=True))
             )
+        else:
+            architecture = _infer_architecture(module)
         config = {
             "schedule": self._schedule.describe(),
             "dtype": dtype,
@@ -911,6 +913,21 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
+def _infer_architecture(module: nn.Module) -> dict[str, Any] | None:
+    """``describe_mlp(module)``, or None with a warning when it is not an MLP."""
+    try:
+        return describe_mlp(module)
+    except ArchitectureError as exc:
+        warnings.warn(
+            f"Recording {type(module).__name__}, which is not an MLP hyperlapse can turn into "
+            f"a parameter graph ({exc}). All parameters are recorded; graph analysis will not "
+            f"apply to this store. Pass architecture= to describe the parameters yourself.",
+            HyperlapseWarning,
+            stacklevel=3,
+        )
+        return None
+
+
 def _check_probes(probes: Any, architecture: dict[str, Any] | None) -> Any:
     """Probe inputs as a float32 array ``[B, n_0]``; a clear error for anything else (raised
     before the store is touched)."""
@@ -924,7 +941,8 @@ def _check_probes(probes: Any, architecture: dict[str, Any] | None) -> Any:
             f"Expected probes to be a tensor or array of inputs [B, n_0], but got "
             f"{type(probes).__name__} ({exc})."
         ) from None
-    width = None if architecture is None else int(architecture["widths"][0])
+    mlp = (architecture or {}).get("member", architecture)  # a population: one run's MLP
+    width = None if mlp is None else int(mlp["widths"][0])
     if data.ndim != 2 or data.shape[0] == 0 or (width is not None and data.shape[1] != width):
         raise ConfigError(
             f"Expected probes of shape [B, {width if width is not None else 'n_0'}] (B >= 1 "

@@ -12,15 +12,14 @@ store of one run with a leading run axis on every parameter.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..arch import describe_mlp
-from ..errors import ConfigError, HyperlapseWarning
+from ..arch import describe_mlp, describe_population
+from ..errors import ConfigError
 
 __all__ = ["Sine", "StackedLinear", "PopulationMLP", "run_generator", "population_recorder"]
 
@@ -131,6 +130,10 @@ class PopulationMLP(nn.Sequential):
         """:func:`hyperlapse.describe_mlp` of one member."""
         return describe_mlp(self.template())
 
+    def recorded_architecture(self) -> dict[str, Any]:
+        """The stacked parameters as recorded: :func:`hyperlapse.arch.describe_population`."""
+        return describe_population(self.architecture(), self.runs)
+
     @torch.no_grad()
     def init_runs(self, generators: Sequence[torch.Generator]) -> None:
         """Initialise member ``r`` from ``generators[r]`` (``nn.Linear``'s default law)."""
@@ -164,14 +167,12 @@ def run_generator(seed: int, run: int) -> torch.Generator:
 def population_recorder(path: str, model: PopulationMLP, every: int, **kwargs: Any) -> Any:
     """A :class:`~hyperlapse.TrajectoryRecorder` for a population (stacked parameters).
 
-    The stacked module is not an MLP of ``nn.Linear`` layers, so the recorder stores no
-    architecture; the zoo writes the per-run architecture into the store's ``population``
-    attrs instead. The recorder's warning about that is expected here and silenced.
+    The store's ``architecture`` attribute describes the stacked parameters
+    (:meth:`PopulationMLP.recorded_architecture`: kind ``"population"``, the run count and one
+    run's MLP); the zoo also writes the per-run architecture into the ``population`` attrs.
     """
     from ..record.recorder import TrajectoryRecorder
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Recording PopulationMLP", category=HyperlapseWarning
-        )
-        return TrajectoryRecorder(path, model, every, **kwargs)
+    return TrajectoryRecorder(
+        path, model, every, architecture=model.recorded_architecture(), **kwargs
+    )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,3 +26,42 @@ def load_benchmark(monkeypatch):
         return module
 
     return load
+
+
+class FakeTerminal(io.StringIO):
+    """A stream that says it is a terminal; :meth:`screen` is what a terminal would show."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def screen(self) -> list[str]:
+        """The lines left on screen: ``\\r`` returns to the line's start and overwrites."""
+        lines, cur, col = [], [], 0
+        for ch in self.getvalue():
+            if ch == "\n":
+                lines.append("".join(cur).rstrip())
+                cur, col = [], 0
+            elif ch == "\r":
+                col = 0
+            else:
+                if col < len(cur):
+                    cur[col] = ch
+                else:
+                    cur.append(ch)
+                col += 1
+        if cur:
+            lines.append("".join(cur).rstrip())
+        return lines
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    """A :class:`FakeTerminal` that is stdout and stderr (one screen) for hyperlapse.progress:
+    its bars and the lines written above them. (Patching ``sys.stderr`` itself would not
+    last: pytest's capture sets it again between a test's setup and its call.)"""
+    import hyperlapse.progress
+
+    term = FakeTerminal()
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough for any bar (shutil reads it first)
+    monkeypatch.setattr(hyperlapse.progress, "sys", SimpleNamespace(stdout=term, stderr=term))
+    return term

@@ -138,6 +138,21 @@ def test_watch_follows_a_store_being_written(tmp_path):
     assert res["html"] is not None
 
 
+@pytest.mark.parametrize("command", ["analyze", "watch"])
+def test_terminal_shows_one_line_per_snapshot_above_the_bar(store, tmp_path, terminal, command):
+    run = analyze_store if command == "analyze" else watch_store
+    run(store, tmp_path / command, quiet=False, plots=False, d=3, **FAST)
+    screen = terminal.screen()
+    # the per-snapshot lines stay whole above the bar, which ends on the last line
+    assert len(screen) == 6 and all("step" in line for line in screen[:5])
+    assert [line.split()[0] for line in screen[:5]] == (
+        [f"[{i}/5]" for i in range(1, 6)] if command == "analyze" else [f"#{i}" for i in range(5)]
+    )
+    bar = screen[-1].split()
+    assert bar[:4] == [command, "100%|####################|", "5/5", "snap"]
+    assert (bar[-1] == "lag=0") == (command == "watch")
+
+
 def test_watch_stops_cleanly_on_ctrl_c(store, tmp_path, monkeypatch):
     # the store is closed already: make it look open, then interrupt the first wait
     real_refresh = type(analyze_mod._open(store)).refresh

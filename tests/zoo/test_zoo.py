@@ -76,6 +76,14 @@ def sines_zoo(tmp_path_factory):
     return build_zoo("sines", out, runs=6, block_size=4, quiet=True)
 
 
+def test_zoo_build_shows_a_bar_with_eta_on_a_terminal(tmp_path, terminal):
+    build_zoo("sines", tmp_path / "z", runs=2, block_size=1, scale=0.05)
+    assert "ETA" in terminal.getvalue()  # drawn while runs were left
+    bar = terminal.screen()[-1].split()
+    assert bar[:5] == ["zoo", "sines", "100%|####################|", "2/2", "runs"]
+    assert len(terminal.screen()) == 1  # one line, redrawn in place
+
+
 def test_zoo_layout_labels_and_views(sines_zoo):
     zoo = sines_zoo
     assert len(zoo) == 6 and zoo.complete and zoo.name == "sines"

@@ -32,6 +32,7 @@ from ..errors import (
     StoreError,
 )
 from ..graph.state import check_architecture
+from ..progress import Progress
 from .session import ReportSession
 
 __all__ = [
@@ -184,37 +185,6 @@ def _probes_note(online: dict[str, Any], probes_from: str | None) -> str:
     if not online.get("geometry_every", True):
         return "none (input-space geometry off)"
     return "default: Gaussian noise (or a grid for 2-D inputs), not the training data"
-
-
-class _Progress:
-    """A progress bar with ETA on stderr (tqdm where installed), and a start line."""
-
-    def __init__(self, total: int, desc: str, quiet: bool) -> None:
-        self.bar = None
-        self.quiet = quiet
-        if quiet:
-            return
-        try:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="snap", file=sys.stderr, leave=True,
-                            dynamic_ncols=True)
-        except ImportError:  # pragma: no cover - tqdm is optional
-            self.bar = None
-
-    def update(self, done: int, total: int | None = None, **postfix: Any) -> None:
-        if self.bar is None:
-            return
-        if total is not None and total != self.bar.total:
-            self.bar.total = total
-        self.bar.n = done
-        if postfix:
-            self.bar.set_postfix(postfix, refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _say(quiet: bool, line: str) -> None:
@@ -376,7 +346,7 @@ def analyze_store(
                     "source_index": chosen,
                 },
             )
-        progress = _Progress(len(chosen), "analyze", quiet)
+        progress = Progress(total=len(chosen), desc="analyze", unit="snap", enabled=not quiet)
         done, interrupted = 0, False
         try:
             for i, t in enumerate(chosen):
@@ -509,7 +479,7 @@ def watch_store(
                     f"{traj.architecture['widths']}), torch threads: {nthreads}")
         session = ReportSession(out, traj.architecture, quiet=quiet, plots=plots, seed=seed,
                                 encoder=encoder, title=f"hyperlapse watch: {name}", **online)
-        progress = _Progress(0, "watch", quiet)
+        progress = Progress(desc="watch", unit="snap", enabled=not quiet)
         try:
             while True:
                 traj.refresh()
@@ -520,7 +490,7 @@ def watch_store(
                         session.process(t, int(traj.steps[t]), traj[t], _metrics_at(traj, t))
                         processed += 1
                     done += 1
-                    progress.update(done, len(traj), lag=len(traj) - done)
+                    progress.update(done, total=len(traj), lag=len(traj) - done)
                 if closed:
                     traj.refresh()  # snapshots committed while we were closing?
                     if done >= len(traj):

@@ -6,7 +6,6 @@ and at the end the plots and ``report.html``. Shared by :class:`~hyperlapse.onli
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..progress import write as write_above_progress
 from ..report.jsonl import ReportWriter
 from ..report.schema import Report
 from .encoder import OnlineEncoder
@@ -155,7 +155,7 @@ class ReportSession:
             line = summary_line(report)
             if self.total:
                 line = f"[{report['index'] + 1}/{self.total}] " + line
-            _write_line(line)
+            write_above_progress(line)
         return report
 
     def close_writer(self) -> None:
@@ -278,12 +278,3 @@ def _spread(items: list[int], k: int) -> list[int]:
         return items
     picks = {round(i * (len(items) - 1) / (k - 1)) for i in range(k)}
     return [items[i] for i in sorted(picks)]
-
-
-def _write_line(line: str) -> None:
-    try:
-        from tqdm.auto import tqdm
-
-        tqdm.write(line, file=sys.stdout)
-    except ImportError:  # pragma: no cover - tqdm is optional
-        print(line, flush=True)

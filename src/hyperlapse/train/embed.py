@@ -42,7 +42,8 @@ def embed_refined(
         refine_steps: Riemannian Adam steps per snapshot (0: the encoder's output as is).
         refine_lr: their learning rate.
         return_attention: keep per-layer attention weights of every snapshot.
-        progress: show a tqdm progress bar (if tqdm is installed).
+        progress: show a progress bar on stderr when it is a terminal
+            (:mod:`hyperlapse.progress`).
 
     Returns:
         :class:`~hyperlapse.nn.encoder.Embeddings`: ``z`` refined, ``z_encoder`` the encoder's

@@ -160,7 +160,8 @@ def fit_encoder(
         weights: loss weights (:class:`~hyperlapse.train.losses.LossWeights`).
         dtype, device: of the encoder.
         encoder: continue training this encoder instead of building one.
-        progress: show a tqdm progress bar (silent when False or when tqdm is missing).
+        progress: show a progress bar on stderr when it is a terminal
+            (:mod:`hyperlapse.progress`).
 
     Returns:
         The trained encoder; ``encoder.history`` holds the mean loss terms of every epoch.
@@ -227,8 +228,7 @@ def fit_encoder(
                     f"The encoder loss became {history[-1]['total']} at epoch {len(history)}. "
                     f"Lower lr (got {lr}) or use dtype=torch.float64."
                 )
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{history[-1]['total']:.4f}")
+            bar.set_postfix(loss=f"{history[-1]['total']:.4f}")
     encoder.eval()
     encoder.history = history
     return encoder

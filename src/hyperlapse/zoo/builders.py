@@ -37,8 +37,8 @@ import torch
 import zarr
 
 from ..errors import ConfigError, MissingDependencyError, NotAStoreError
+from ..progress import Progress
 from .population import PopulationMLP, population_recorder, run_generator
-from .progress import Progress
 from .reader import CURVE_PREFIX, MANIFEST, ZOO_FORMAT, ZOO_VERSION, Zoo, read_manifest
 
 __all__ = ["ZOOS", "ZooSpec", "build_zoo"]
@@ -505,7 +505,8 @@ def _build(
     name = spec.name
     blocks = {b["block"]: b for b in manifest["blocks"]}
     done_runs = sum(b["runs"][1] - b["runs"][0] for b in blocks.values() if b["done"])
-    bar = Progress(runs, "runs", start=done_runs, enabled=not quiet)
+    bar = Progress(total=runs, desc=f"zoo {name}", unit="runs", start=done_runs,
+                   enabled=not quiet)
     for block in range(manifest["n_blocks"]):
         entry = blocks.get(block)
         if entry is not None and entry["done"]:

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..geometry.ball import Manifold, dist, expmap0, logmap0, scatter_midpoint
 from ..scatter import scatter, scatter_softmax
-from .hyp_linear import hyp_linear
 from .batch import GraphBatch, from_dense, to_dense
+from .hyp_linear import hyp_linear
 from .snapshot import EDGE_ATTR_DIM
 
 __all__ = ["HypGraphAttention", "AGGREGATIONS", "NUM_KERNELS"]

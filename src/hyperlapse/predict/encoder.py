@@ -142,7 +142,8 @@ class EncoderFeatures(FeatureExtractor):
                          ("lr", lr > 0)):
             if not ok:
                 raise ConfigError(
-                    f"Expected a positive {name} for features='encoder', got {self.options[name]!r}."
+                    f"Expected a positive {name} for features='encoder', got "
+                    f"{self.options[name]!r}."
                 )
         self.default_k = max_snapshots
         self.fitted = dict(fitted) if fitted else None
@@ -242,6 +243,41 @@ class EncoderFeatures(FeatureExtractor):
                                      "seconds": time.perf_counter() - t0})
             net.eval()
         return EncoderHead(net.head, task, classes, mean, std)
+
+    def batch_cost(self, trajectories: Sequence[Any], indices: Sequence[np.ndarray],
+                   n_outputs: int = 1, seed: int = 0) -> dict[str, float]:
+        """What one training step on these runs costs (one forward and backward pass).
+
+        Returns ``{"seconds", "saved_bytes"}``: wall time and the bytes of the tensors autograd
+        keeps for the backward pass (distinct storages, counted with
+        ``torch.autograd.graph.saved_tensors_hooks``), the part of memory that grows with the
+        number of snapshots T. Uses a fresh network when the extractor is not trained.
+        """
+        graphs = self._graphs(trajectories, indices)
+        gaps = self._gaps(trajectories, indices)
+        if self.network is None:
+            self.fitted = {"in_features": int(graphs[0][0].x.shape[1]),
+                           "num_identities": max(int(s[0].node_identity.max()) + 1
+                                                 for s in graphs),
+                           "n_outputs": int(n_outputs), "seed": int(seed)}
+            self.network = self._build(self.fitted)
+        storages: dict[int, int] = {}
+
+        def pack(t: Tensor) -> Tensor:
+            st = t.untyped_storage()
+            storages[st.data_ptr()] = st.nbytes()
+            return t
+
+        with _threads(self.options["threads"]):
+            rows = np.arange(len(graphs))
+            batches, g = self._batches(graphs, gaps, rows)
+            t0 = time.perf_counter()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = self.network(batches, g)
+            out.pow(2).mean().backward()
+            seconds = time.perf_counter() - t0
+        self.network.zero_grad(set_to_none=True)
+        return {"seconds": seconds, "saved_bytes": float(sum(storages.values()))}
 
     def __call__(self, trajectories: Sequence[Any], indices: Sequence[np.ndarray]) -> np.ndarray:
         if self.network is None:

@@ -8,7 +8,7 @@ import torch
 from test_predict import _record, _runs
 
 from hyperlapse.cli import main
-from hyperlapse.errors import ConfigError
+from hyperlapse.errors import ArchitectureError, ConfigError
 from hyperlapse.predict import EncoderFeatures, Predictor, fit_predictor
 from hyperlapse.predict.features import PermutedRun
 
@@ -78,6 +78,11 @@ def test_bad_options_are_clear():
         fit_predictor(runs, scales, "rank", features="stats", model="head")
     with pytest.raises(ConfigError, match="not been fitted"):
         EncoderFeatures()(runs, [np.arange(2)] * len(runs))
+    p = fit_predictor(runs, scales, "rank", features="encoder",
+                      feature_options={**FAST, "epochs": 1})
+    deeper, _ = _runs(2, widths=(3, 6, 5, 4, 2))
+    with pytest.raises(ArchitectureError, match=r"has \[3, 6, 5, 4, 2\].*need 8 identity"):
+        p.predict(deeper)
 
 
 def test_cli_fit_with_the_encoder(tmp_path, capsys):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ArchitectureError, ConfigError
 from ..graph.parameter_graph import ParameterGraph, mlp_topology
 from ..nn.batch import GraphBatch, collate
 from ..nn.encoder import EncoderConfig
@@ -287,6 +287,17 @@ class EncoderFeatures(FeatureExtractor):
             )
         graphs = self._graphs(trajectories, indices)
         gaps = self._gaps(trajectories, indices)
+        known = self.fitted["num_identities"]
+        for i, snaps in enumerate(graphs):
+            need = int(snaps[0].node_identity.max()) + 1
+            if need > known:
+                raise ArchitectureError(
+                    f"Expected runs of the architectures the encoder was trained on, but run {i} "
+                    f"({getattr(trajectories[i], 'location', '?')}) has "
+                    f"{_architecture(trajectories[i], i)['widths']}, whose inputs, outputs and "
+                    f"layers need {need} identity embeddings; the encoder has {known}. Train it "
+                    f"on runs that include this input/output size and depth."
+                )
         out = []
         bs = max(self.options["batch_size"], 256)
         with _threads(self.options["threads"]), torch.no_grad():

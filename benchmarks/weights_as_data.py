@@ -12,9 +12,16 @@
      trajectory and from its first 20 %.
    Rows: weight statistics (StatNN) at T = 1 and T > 1, the loss/accuracy curve alone, the
    flattened weights, the trivial predictors, the pixel SVC ceiling, a permutation check, and
-   the temporal encoder rows (not yet measured: they come with the batched encoder).
+   the temporal encoder as a metanetwork trained end to end (``features="encoder"``):
+   hyperbolic T > 1 and T = 1, the Euclidean switch at equal d (matched scales), d in {4, 16},
+   its permutation check, and its cost per epoch for T = 1 against T > 1.
 
-Usage: ``python benchmarks/weights_as_data.py [--quick] [--out PATH] [--work DIR]``.
+The encoder rows are budgeted to keep the whole run near 30 minutes on 2 cores: ``ENCODER``
+(epochs, snapshots per run k, one attention layer and head, incoming edges kept per neuron),
+graphs built once per run and snapshot and shared by every row, seed and epoch.
+
+Usage: ``python benchmarks/weights_as_data.py [--quick] [--out PATH] [--work DIR]
+[--only-encoder]``.
 ``--quick`` (seconds, the smoke test) uses tiny zoos and one seed and writes nothing unless
 ``--out`` is given.
 """
@@ -44,12 +51,109 @@ from hyperlapse.zoo import ZOOS, build_zoo, open_zoo
 from hyperlapse.zoo.builders import INR_ACTIVATIONS, INR_EVERY, INR_LR, INR_STEPS, INR_WIDTHS
 from hyperlapse.zoo.population import PopulationMLP, run_generator
 
+#: The encoder metanetwork's budget (see the module docstring): options of EncoderFeatures.
+ENCODER = {"epochs": 10, "max_snapshots": 3, "layers": 1, "heads": 1, "lr": 0.01,
+           "batch_size": 64, "sparsify_k": 8, "threads": 1}
+ENCODER_QUICK = {**ENCODER, "epochs": 2, "max_snapshots": 2}
 FULL = {"inr_runs": 1797, "one_by_one": 24, "sines_runs": 1000, "gen_runs": 400,
-        "seeds": [0, 1, 2], "scale": 1.0, "model": "gbt", "shared_init_task": True}
+        "seeds": [0, 1, 2], "scale": 1.0, "model": "gbt", "shared_init_task": True,
+        "encoder": ENCODER, "encoder_d": [16, 4]}
 QUICK = {"inr_runs": 40, "one_by_one": 2, "sines_runs": 30, "gen_runs": 12, "seeds": [0],
-         "scale": 0.1, "model": "linear", "shared_init_task": False}
+         "scale": 0.1, "model": "linear", "shared_init_task": False,
+         "encoder": ENCODER_QUICK, "encoder_d": [4, 2], "keep_predictions": True}
 MODEL_NAMES = {"gbt": "GBT", "linear": "linear"}
-NOT_YET = "not yet measured (batched encoder: next session)"
+HYP, EUC = "poincare", "euclidean"
+
+
+def encoder_variants(cfg: dict[str, Any], *, full: bool, prefix: str = "",
+                     snapshots: Any = "all") -> list[tuple[str, Any, int, str]]:
+    """``(row name, snapshots, d, manifold)`` of the encoder rows of a task."""
+    d, small = cfg["encoder_d"]
+    rows = [(f"{prefix}hyperbolic encoder T>1 (d={d})", snapshots, d, HYP),
+            (f"{prefix}hyperbolic encoder T=1 (d={d})", "last", d, HYP)]
+    if full:
+        rows += [(f"{prefix}Euclidean encoder T>1 (d={d}, matched scales)", snapshots, d, EUC),
+                 (f"{prefix}hyperbolic encoder T>1 (d={small})", snapshots, small, HYP)]
+    return rows
+
+
+def encoder_rows(runs: list[Any], y: np.ndarray, task: str, split: Any, seeds: list[int],
+                 cfg: dict[str, Any], variants: list[tuple[str, Any, int, str]],
+                 permuted: tuple[str, list[Any], str] | None = None) -> dict[str, Any]:
+    """Train the encoder metanetwork per variant and seed; scores, epoch times, loss curves.
+
+    ``permuted``: ``(name of a variant, permuted runs, row name)``: the same variant trained and
+    tested on the runs with their hidden neurons permuted (the equivariance check), and the
+    variant's own trained model applied to the permuted test runs (``applied to permuted test
+    runs``: same predictions expected, up to float32 rounding).
+    """
+    out: dict[str, Any] = {}
+    applied: dict[str, list[Any]] = {"scores": [], "agreement": []}
+    jobs = [(name, runs, snaps, d, man) for name, snaps, d, man in variants]
+    if permuted is not None:
+        base, prun, pname = permuted
+        _, snaps, d, man = next(v for v in variants if v[0] == base)
+        jobs.append((pname, prun, snaps, d, man))
+    for name, rr, snaps, d, man in jobs:
+        scores, epoch_s, losses, preds = [], [], [], []
+        for seed in seeds:
+            tr, te = split(seed)
+            opts = {**cfg["encoder"], "d": d, "manifold": man}
+            p = fit_predictor([rr[i] for i in tr], y[tr], task, seed=seed, snapshots=snaps,
+                              features="encoder", feature_options=opts)
+            test = [rr[i] for i in te]
+            pred = p.predict(test)
+            if permuted is not None and name == permuted[0]:
+                ptest = [permuted[1][i] for i in te]
+                applied["scores"].append(p.score(ptest, y[te]))
+                applied["agreement"].append(float(np.mean(p.predict(ptest) == pred)))
+            scores.append(p.score(test, y[te]))
+            preds.append(np.asarray(pred).tolist())
+            epoch_s += [h["seconds"] for h in p.features.history]
+            losses.append([round(h["loss"], 4) for h in p.features.history])
+        row = _summary(scores)
+        row.update(epoch_s_median=statistics.median(epoch_s), k=p.k, train_loss=losses)
+        if cfg.get("keep_predictions"):
+            row["predictions"] = preds
+        out[name] = row
+        print(f"  {name}: {_fmt(row)} ({row['epoch_s_median']:.2f} s/epoch)", flush=True)
+    if applied["scores"]:
+        row = _summary(applied["scores"])
+        row["agreement_with_unpermuted_predictions"] = applied["agreement"]
+        out[f"{permuted[0]}, trained model applied to permuted test runs"] = row
+    return out
+
+
+def encoder_cost(runs: list[Any], cfg: dict[str, Any], n: int = 64) -> dict[str, Any]:
+    """Seconds and autograd-saved bytes of one training step on ``n`` runs, T = 1 vs T > 1.
+
+    Interleaved, 5 repeats each, medians (the machine is shared).
+    """
+    from hyperlapse.predict.encoder import EncoderFeatures
+    from hyperlapse.predict.features import snapshot_indices
+
+    d = cfg["encoder_d"][0]
+    opts = {**cfg["encoder"], "d": d, "manifold": HYP}
+    sub = runs[:n]
+    res: dict[str, Any] = {}
+    meas: dict[str, list[dict[str, float]]] = {"T=1": [], "T>1": []}
+    k = opts["max_snapshots"]
+    idx = {"T=1": [snapshot_indices(len(r), "last", 1) for r in sub],
+           "T>1": [snapshot_indices(len(r), "all", k) for r in sub]}
+    for _ in range(5):
+        for key in ("T=1", "T>1"):
+            meas[key].append(EncoderFeatures(**opts).batch_cost(sub, idx[key], 10))
+    for key, m in meas.items():
+        res[key] = {"snapshots": 1 if key == "T=1" else k,
+                    "step_s_median": statistics.median(x["seconds"] for x in m),
+                    "step_s_min_max": [min(x["seconds"] for x in m),
+                                       max(x["seconds"] for x in m)],
+                    "saved_MB": m[0]["saved_bytes"] / 1e6}
+    res["runs_per_step"] = len(sub)
+    res["d"] = d
+    res["ratio_step_s"] = res["T>1"]["step_s_median"] / res["T=1"]["step_s_median"]
+    res["ratio_saved_MB"] = res["T>1"]["saved_MB"] / res["T=1"]["saved_MB"]
+    return res
 
 
 def machine() -> dict[str, Any]:
@@ -156,7 +260,9 @@ def _fit_score(runs, y, tr, te, task, seed, **kw) -> Any:
     return p.score([runs[i] for i in te], y[te])
 
 
-def task_digits_inr(zoo_dir: Path, seeds: list[int], permute: bool) -> dict[str, Any]:
+def task_digits_inr(zoo_dir: Path, seeds: list[int], permute: bool, cfg: dict[str, Any],
+                    *, full_encoder: bool = True, only_encoder: bool = False,
+                    permute_encoder: bool = True) -> dict[str, Any]:
     from sklearn.datasets import load_digits
     from sklearn.svm import SVC
 
@@ -172,7 +278,7 @@ def task_digits_inr(zoo_dir: Path, seeds: list[int], permute: bool) -> dict[str,
     def add(name: str, value: Any) -> None:
         rows.setdefault(name, []).append(value)
 
-    for seed in seeds:
+    for seed in [] if only_encoder else seeds:
         tr, te = _split(len(runs), seed, y)
         lin = {"model": "linear"}
         add("stats T=1 (logistic regression)",
@@ -192,21 +298,25 @@ def task_digits_inr(zoo_dir: Path, seeds: list[int], permute: bool) -> dict[str,
         add("pixel SVC on the images (ceiling)", float(svc.score(images[te], y[te])))
         add("majority class (trivial)", float(np.mean(y[te] == np.bincount(y[tr]).argmax())))
     out = {name: _summary(v) for name, v in rows.items()}
-    for name in ("hyperbolic encoder T>1", "hyperbolic encoder T=1",
-                 "Euclidean encoder T>1 (matched scales)"):
-        out[name] = NOT_YET
+    variants = encoder_variants(cfg, full=full_encoder)
+    check = None
+    if permute and permute_encoder:
+        check = (variants[1][0], permuted, f"permuted: {variants[1][0]}")
+    out.update(encoder_rows(runs, y, "classify", lambda s: _split(len(runs), s, y), seeds, cfg,
+                            variants, check))
     out["_metric"] = "accuracy (30 % held out)"
     out["_runs"] = len(runs)
     out["_psnr_mean_db"] = float(zoo.labels("psnr").mean())
     return out
 
 
-def task_sines(zoo_dir: Path, seeds: list[int], model: str) -> dict[str, Any]:
+def task_sines(zoo_dir: Path, seeds: list[int], model: str, cfg: dict[str, Any],
+               *, full_encoder: bool = True, only_encoder: bool = False) -> dict[str, Any]:
     zoo = open_zoo(zoo_dir)
     runs = list(zoo)
     y = np.stack([zoo.labels(k) for k in ("a", "f", "p")], 1)
     rows: dict[str, list[Any]] = {}
-    for seed in seeds:
+    for seed in [] if only_encoder else seeds:
         tr, te = _split(len(runs), seed, None)
         m = MODEL_NAMES[model]
         for name, kw in ((f"stats T=1 ({m})", {"snapshots": "last", "model": model}),
@@ -219,15 +329,17 @@ def task_sines(zoo_dir: Path, seeds: list[int], model: str) -> dict[str, Any]:
         rows.setdefault("training mean (trivial)", []).append(
             ((y[te] - mean) ** 2).mean(0).tolist())
     out: dict[str, Any] = {name: _summary(v) for name, v in rows.items()}
-    out["hyperbolic encoder T>1"] = NOT_YET
-    out["hyperbolic encoder T=1"] = NOT_YET
+    out.update(encoder_rows(runs, y, "regress", lambda s: _split(len(runs), s, None), seeds,
+                            cfg, encoder_variants(cfg, full=full_encoder)))
     out["_metric"] = "test MSE of (a, f, p) (30 % held out)"
     out["_runs"] = len(runs)
     out["_psnr_mean_db"] = float(zoo.labels("psnr").mean())
     return out
 
 
-def task_generalisation(zoo_dir: Path, seeds: list[int], model: str) -> dict[str, Any]:
+def task_generalisation(zoo_dir: Path, seeds: list[int], model: str, cfg: dict[str, Any],
+                        *, full_encoder: bool = True, only_encoder: bool = False
+                        ) -> dict[str, Any]:
     from scipy.stats import kendalltau
 
     zoo = open_zoo(zoo_dir)
@@ -237,7 +349,7 @@ def task_generalisation(zoo_dir: Path, seeds: list[int], model: str) -> dict[str
     hp = np.stack([np.log10(zoo.labels("lr")), np.log10(zoo.labels("weight_decay")),
                    zoo.labels("label_noise"), zoo.labels("epochs"), zoo.labels("width"),
                    zoo.labels("depth")], 1)
-    for seed in seeds:
+    for seed in [] if only_encoder else seeds:
         tr, te = _split(len(runs), seed, None)
         m = MODEL_NAMES[model]
         for name, kw in (
@@ -264,8 +376,11 @@ def task_generalisation(zoo_dir: Path, seeds: list[int], model: str) -> dict[str
         rows.setdefault("hyperparameters alone (GBT)", []).append(
             float(kendalltau(y[te], m.predict(hp[te])).statistic))
     out: dict[str, Any] = {name: _summary(v) for name, v in rows.items()}
-    out["whole: hyperbolic encoder T>1"] = NOT_YET
-    out["first 20 %: hyperbolic encoder"] = NOT_YET
+    split = lambda s: _split(len(runs), s, None)  # noqa: E731
+    d = cfg["encoder_d"][0]
+    variants = encoder_variants(cfg, full=full_encoder, prefix="whole: ")
+    variants.append((f"first 20 %: hyperbolic encoder (d={d})", 0.2, d, HYP))
+    out.update(encoder_rows(runs, y, "rank", split, seeds, cfg, variants))
     out["_metric"] = "Kendall tau of predicted vs true final test accuracy (30 % held out)"
     out["_runs"] = len(runs)
     out["_test_acc_range"] = [float(y.min()), float(y.max())]
@@ -279,6 +394,15 @@ def _fmt(v: Any) -> str:
     if isinstance(mean, list):
         return ", ".join(f"{m:.3f} +- {s:.3f}" for m, s in zip(mean, std, strict=True))
     return f"{mean:.3f} +- {std:.3f}"
+
+
+def _epoch_times(results: dict[str, Any]) -> str:
+    parts = []
+    for task, rows in results["tasks"].items():
+        for name, v in rows.items():
+            if isinstance(v, dict) and "epoch_s_median" in v:
+                parts.append(f"{task} / {name}: {v['epoch_s_median']:.2f} s")
+    return "; ".join(parts)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -311,9 +435,39 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"| {name} | {_fmt(v)} |" for name, v in rows.items()
                   if not name.startswith("_")]
         lines.append("")
+    cost = results.get("encoder_cost")
+    if cost:
+        one, many = cost["T=1"], cost["T>1"]
+        lines += [
+            "## Encoder cost: T = 1 against T > 1", "",
+            f"One training step (forward and backward) on {cost['runs_per_step']} digits-inr "
+            f"runs batched as one disjoint union, d = {cost['d']}; medians of 5 interleaved "
+            f"repeats. Memory: bytes of the tensors autograd keeps for the backward pass "
+            f"(distinct storages, torch.autograd.graph.saved_tensors_hooks), the part that "
+            f"grows with T.", "",
+            "| | snapshots | s per step (min-max) | autograd-saved MB per step |",
+            "|---|---|---|---|",
+            f"| T = 1 | 1 | {one['step_s_median']:.3f} ({one['step_s_min_max'][0]:.3f}-"
+            f"{one['step_s_min_max'][1]:.3f}) | {one['saved_MB']:.1f} |",
+            f"| T > 1 | {many['snapshots']} | {many['step_s_median']:.3f} "
+            f"({many['step_s_min_max'][0]:.3f}-{many['step_s_min_max'][1]:.3f}) | "
+            f"{many['saved_MB']:.1f} |", "",
+            f"Ratio T > 1 / T = 1: {cost['ratio_step_s']:.2f}x time, "
+            f"{cost['ratio_saved_MB']:.2f}x memory. Median seconds per training epoch of each "
+            f"encoder row: {_epoch_times(results)}.", "",
+        ]
+    if results.get("encoder_config"):
+        lines += [f"Encoder budget (EncoderFeatures options): {results['encoder_config']}.", ""]
     if "permutation_rows_note" in results:
         lines.append(f"Note: {results['permutation_rows_note']}.")
+    if "encoder_permutation_note" in results:
+        lines.append(f"Note: {results['encoder_permutation_note']}.")
     lines.append(f"Total time of the full run: {results['total_s']:.0f} s (wall, shared machine).")
+    if "encoder_s" in results:
+        lines.append(f"The encoder rows were measured afterwards with --only-encoder on the same "
+                     f"zoo configuration and splits: {results['encoder_s']:.0f} s (wall, shared "
+                     f"machine, load average at its start "
+                     f"{results['encoder_machine']['load_average_at_start']}).")
     return "\n".join(lines) + "\n"
 
 
@@ -364,6 +518,86 @@ def _only_build(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _only_encoder_permutation(args: argparse.Namespace) -> dict[str, Any]:
+    """Re-measure the encoder's permutation rows on the random-init INR zoo in --work (built by
+    the full run) and merge them into an existing results file; also checks that retraining
+    the unpermuted variant reproduces its scores (determinism)."""
+    cfg = QUICK if args.quick else FULL
+    out = Path(args.out or "benchmarks/results/weights_as_data.json")
+    results = json.loads(out.read_text())
+    zoo = open_zoo(Path(args.work) / "digits-inr")
+    runs = list(zoo)
+    y = zoo.labels("digit")
+    permuted = [PermutedRun(r, torch.Generator().manual_seed(1000 + i))
+                for i, r in enumerate(runs)]
+    base = encoder_variants(cfg, full=False)[1]
+    rows = encoder_rows(runs, y, "classify", lambda s: _split(len(runs), s, y),
+                        results["seeds"], cfg, [base],
+                        (base[0], permuted, f"permuted: {base[0]}"))
+    task = results["tasks"]["digits-inr (random init)"]
+    before = task.get(base[0], {}).get("per_seed")
+    rerun = rows.pop(base[0])["per_seed"]
+    task.update(rows)
+    same = "identical" if rerun == before else "different"
+    results["encoder_permutation_note"] = (
+        f"the encoder's permutation rows were re-measured with --only-encoder-permutation; "
+        f"retraining '{base[0]}' there gave per-seed scores {rerun}, {same} to the full run's "
+        f"{before} (another process may round differently, e.g. in BLAS kernels, and a model "
+        f"at chance level follows the rounding)")
+    out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+    return results
+
+
+def _only_encoder(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure the encoder rows (and their cost) on the zoos in --work (built there when
+    missing, with the full configuration's sizes) and merge them into an existing results
+    file; the other rows are kept as they were measured."""
+    cfg = QUICK if args.quick else FULL
+    out = Path(args.out or "benchmarks/results/weights_as_data.json")
+    results = json.loads(out.read_text())
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    sc = {"quiet": True, "scale": cfg["scale"]}
+    zoos = {"digits-inr": ("digits-inr", cfg["inr_runs"], {}),
+            "digits-inr-shared": ("digits-inr", cfg["inr_runs"], {"shared_init": True}),
+            "sines": ("sines", cfg["sines_runs"], {}),
+            "digits-generalisation": ("digits-generalisation", cfg["gen_runs"], {})}
+    for folder, (name, runs, kw) in zoos.items():
+        build_zoo(name, work / folder, runs=runs, **sc, **kw)
+    seeds = results["seeds"]
+    only = {"only_encoder": True}
+    parts = {
+        "digits-inr (random init)": lambda: task_digits_inr(work / "digits-inr", seeds, True,
+                                                            cfg, **only),
+        "digits-inr (shared init)": lambda: task_digits_inr(
+            work / "digits-inr-shared", seeds, True, cfg, full_encoder=False,
+            permute_encoder=False, **only),
+        "sines": lambda: task_sines(work / "sines", seeds, cfg["model"], cfg, **only),
+        "digits-generalisation": lambda: task_generalisation(
+            work / "digits-generalisation", seeds, cfg["model"], cfg, **only),
+    }
+    results["encoder_machine"] = machine()
+    for task, fn in parts.items():
+        print(task, flush=True)
+        rows = fn()
+        kept = {k: v for k, v in results["tasks"][task].items()
+                if not (isinstance(v, str) and v.startswith("not yet measured"))}
+        kept.update({k: v for k, v in rows.items() if not k.startswith("_")})
+        results["tasks"][task] = kept
+        out.write_text(json.dumps(results, indent=1))  # partial results survive a kill
+    results["encoder_cost"] = encoder_cost(list(open_zoo(work / "digits-inr")), cfg)
+    results["encoder_config"] = cfg["encoder"]
+    results["encoder_s"] = time.perf_counter() - t0
+    results["machine"]["encoder_load_average_at_end"] = (
+        os.getloadavg() if hasattr(os, "getloadavg") else None)
+    out.write_text(json.dumps(results, indent=1))
+    out.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="seconds: tiny zoos, one seed")
@@ -374,7 +608,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "only and replace that section of an existing results file")
     parser.add_argument("--only-permutation", action="store_true", help="re-measure the stats "
                         "T>1 rows and the permutation check on the zoos in --work")
+    parser.add_argument("--only-encoder", action="store_true", help="measure the encoder rows "
+                        "on the zoos in --work and merge them into an existing results file")
+    parser.add_argument("--only-encoder-permutation", action="store_true",
+                        help="re-measure the encoder's permutation check on the zoo in --work")
     args = parser.parse_args(argv)
+    if args.only_encoder_permutation:
+        return _only_encoder_permutation(args)
+    if args.only_encoder:
+        return _only_encoder(args)
     if args.only_permutation:
         return _only_permutation(args)
     if args.only_build:
@@ -407,16 +649,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
         seeds = cfg["seeds"]
         tasks = {}
-        tasks["digits-inr (random init)"] = task_digits_inr(inr_dir, seeds, permute=True)
+        tasks["digits-inr (random init)"] = task_digits_inr(inr_dir, seeds, True, cfg)
         print("digits-inr random done", flush=True)
         if cfg["shared_init_task"]:
-            tasks["digits-inr (shared init)"] = task_digits_inr(shared_dir, seeds, permute=True)
+            tasks["digits-inr (shared init)"] = task_digits_inr(
+                shared_dir, seeds, True, cfg, full_encoder=False, permute_encoder=False)
             print("digits-inr shared done", flush=True)
-        tasks["sines"] = task_sines(sines_dir, seeds, cfg["model"])
+        tasks["sines"] = task_sines(sines_dir, seeds, cfg["model"], cfg)
         print("sines done", flush=True)
         if cfg["gen_runs"] >= 12:
-            tasks["digits-generalisation"] = task_generalisation(gen_dir, seeds, cfg["model"])
+            tasks["digits-generalisation"] = task_generalisation(gen_dir, seeds, cfg["model"],
+                                                                 cfg)
         results["tasks"] = tasks
+        results["encoder_cost"] = encoder_cost(list(open_zoo(inr_dir)), cfg)
+        results["encoder_config"] = cfg["encoder"]
         results["total_s"] = time.perf_counter() - t_start
         results["machine"]["load_average_at_end"] = (
             os.getloadavg() if hasattr(os, "getloadavg") else None)

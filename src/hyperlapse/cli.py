@@ -318,7 +318,9 @@ def _snapshots(text: str) -> str | float:
 _PREDICT_HELP = """\
 Learn from a collection of recorded runs: map each run's trajectory (or its first part, or
 its last snapshot) to a label. RUNS are trajectory stores (paths or globs such as
-'sweep/*.zarr') and zoo folders. Example, early stopping of a sweep: after 20 % of each run,
+'sweep/*.zarr') and zoo folders. '--features encoder' trains the temporal encoder (with a
+permutation-invariant readout and a small head) end to end on the target, batched over runs.
+Example, early stopping of a sweep: after 20 % of each run,
 rank the runs by predicted final accuracy:
 
   hyperlapse predict fit old-sweep/*.zarr --target metric:val_acc --task rank \\
@@ -345,11 +347,25 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    "(default: %(default)s)")
     f.add_argument("--snapshots", type=_snapshots, default="all", help="'last' (T = 1), "
                    "'all', or the first fraction of each run, e.g. 0.2 (default: %(default)s)")
-    f.add_argument("--features", choices=["stats", "loss-curve", "flat"], default="stats",
-                   help="per-layer weight statistics per snapshot, the logged metrics only, or "
-                   "the raw weights (default: %(default)s)")
-    f.add_argument("--model", choices=["gbt", "linear", "mlp"], default="gbt",
-                   help="gradient-boosted trees, linear, or MLP (default: %(default)s)")
+    f.add_argument("--features", choices=["stats", "loss-curve", "flat", "encoder"],
+                   default="stats",
+                   help="per-layer weight statistics per snapshot, the logged metrics only, "
+                   "the raw weights, or the temporal encoder trained end to end on the target "
+                   "(a metanetwork; slower) (default: %(default)s)")
+    f.add_argument("--model", choices=["gbt", "linear", "mlp", "head"], default=None,
+                   help="gradient-boosted trees, linear, MLP, or (with --features encoder) the "
+                   "encoder's own head trained with it (default: gbt; head for the encoder)")
+    e = f.add_argument_group("encoder options (with --features encoder)")
+    e.add_argument("--dim", type=int, default=8, help="embedding dimension d "
+                   "(default: %(default)s)")
+    e.add_argument("--manifold", choices=["poincare", "euclidean"], default="poincare",
+                   help="hyperbolic, or the like-for-like flat switch (default: %(default)s)")
+    e.add_argument("--epochs", type=int, default=30, help="training epochs "
+                   "(default: %(default)s)")
+    e.add_argument("--max-snapshots", type=int, default=4, help="snapshots per run the "
+                   "encoder reads (default: %(default)s)")
+    e.add_argument("--threads", type=int, default=1, help="torch threads "
+                   "(default: %(default)s)")
     f.add_argument("--folds", type=int, default=5, help="cross-validation folds, 0 = skip "
                    "(default: %(default)s)")
     f.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
@@ -373,6 +389,10 @@ def _cmd_predict_fit(args: argparse.Namespace) -> int:
     runs = _open_runs(args.runs)
     targets = resolve_targets(runs, args.target)
     kw = dict(snapshots=args.snapshots, features=args.features, model=args.model)
+    if args.features == "encoder":
+        kw["feature_options"] = {"d": args.dim, "manifold": args.manifold,
+                                 "epochs": args.epochs, "max_snapshots": args.max_snapshots,
+                                 "threads": args.threads}
     if args.folds:
         cv = cross_validate(runs, targets, args.task, folds=args.folds, seed=args.seed, **kw)
         mean = cv["mean"] if isinstance(cv["mean"], list) else [cv["mean"]]

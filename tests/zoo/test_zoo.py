@@ -19,10 +19,12 @@ from hyperlapse.zoo.population import population_recorder, run_generator
 def test_population_forward_matches_members():
     pop = PopulationMLP(4, [3, 8, 5, 2], ["tanh", "sine(30)"])
     pop.init_runs([run_generator(1, r) for r in range(4)])
-    x = torch.randn(7, 3)
+    x = torch.randn(7, 3, generator=torch.Generator().manual_seed(0))
     out = pop(x)
     for r in range(4):
-        assert torch.allclose(pop.member(r)(x), out[r], atol=1e-6)
+        # bmm and addmm round differently and sin(30 x) scales that up: up to 2e-6 over 200
+        # draws (atol 1e-6 failed for ~1 in 4 global RNG states, i.e. depending on test order)
+        assert torch.allclose(pop.member(r)(x), out[r], atol=1e-5)
     assert pop.architecture()["widths"] == [3, 8, 5, 2]
 
 

@@ -27,8 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..geometry.ball import KINDS, dist0, expmap0, make_manifold
+from ..geometry.ball import KINDS, dist0, expmap0, logmap0, make_manifold
 from ..progress import progress_bar
+from ..scatter import scatter
+from .batch import GraphBatch
 from .fermi_dirac import FermiDiracDecoder
 from .hyp_attention import AGGREGATIONS, HypGraphAttention
 from .kernel_evolution import KernelEvolution, layer_summary
@@ -390,6 +392,94 @@ class TemporalEncoder(nn.Module):
             zs.append(z)
         return zs, state
 
+    # ----------------------------------------------------------------------------- batches
+    def init_batch_state(self, num_graphs: int) -> EncoderState:
+        """The state of a batch of ``num_graphs`` runs before their first snapshots.
+
+        ``summaries`` and ``kernel_states`` then hold one row per graph (``[B, d]``,
+        ``[B, kernel_state]``): every run's kernels evolve with its own snapshots.
+        """
+        dt, dev = self.dtype, self.device
+        return EncoderState(
+            t=0,
+            summaries=[
+                torch.zeros(num_graphs, self.config.d, dtype=dt, device=dev)
+                for _ in self.attention
+            ],
+            kernel_states=[
+                torch.zeros(num_graphs, ev.state_dim, dtype=dt, device=dev)
+                for ev in self.evolution
+            ],
+        )
+
+    def step_batch(
+        self,
+        batch: GraphBatch,
+        state: EncoderState,
+        *,
+        gaps: Tensor | None = None,
+        detach: bool = False,
+    ) -> tuple[Tensor, EncoderState]:
+        """Encode one snapshot of each of ``B`` runs, batched as a disjoint union.
+
+        The same computation as :meth:`step` on each graph alone (up to float rounding): message
+        passing and the attention softmax never cross graphs, and the layer summaries and kernel
+        evolution are per graph. The runs of consecutive calls must come in the same order.
+
+        Args:
+            batch: from :func:`hyperlapse.nn.batch.collate` (graphs of any MLP architectures).
+            state: from :meth:`init_batch_state` or the previous ``step_batch``.
+            gaps: ``[B]`` optimizer steps since each run's previous snapshot (None: 1).
+            detach: cut the returned state from the autograd graph.
+
+        Returns:
+            ``(z [N, d], new_state)`` with the nodes in the batch's order.
+        """
+        if not isinstance(batch, GraphBatch):
+            raise ConfigError(
+                f"Expected a GraphBatch (hyperlapse.nn.batch.collate), got "
+                f"{type(batch).__name__}. Use step() for a single graph."
+            )
+        if batch.x.dtype != self.dtype or batch.x.device != self.device:
+            batch = batch.to(self.dtype, self.device)
+        snap = self.prepare(batch)
+        rows = state.summaries[0].shape[0] if state.summaries else batch.num_graphs
+        if rows != batch.num_graphs:
+            raise ConfigError(
+                f"Expected a state of {batch.num_graphs} runs (init_batch_state), but it holds "
+                f"{rows}."
+            )
+        m = self.manifold
+        change = None
+        if self.config.velocity:
+            change = change_features(
+                snap, state.edge_weight, 1.0 if gaps is None else gaps.to(snap.x)
+            )
+        h = self.input_embedding(snap, change)
+        summaries, kernel_states = [], []
+        for l, (layer, evolve) in enumerate(zip(self.attention, self.evolution, strict=True)):
+            delta, u = evolve(state.summaries[l], state.kernel_states[l])
+            summaries.append(
+                scatter(logmap0(h, manifold=m), batch.batch, batch.num_graphs, "mean")
+            )
+            kernel_states.append(u)
+            h, _ = layer(h, snap.msg_edge_index, snap.msg_edge_attr, delta, batch=batch)
+        window = stack_window(state.history[-self.config.window :], like=h)
+        if self.config.window == 0:
+            window = window[:0]
+        s, _ = self.window(window)
+        z, hidden = self.cell(h, s)
+        history = (state.history + [hidden])[-self.config.window :] if self.config.window else []
+        new = EncoderState(
+            t=state.t + 1,
+            summaries=summaries,
+            kernel_states=kernel_states,
+            history=history,
+            z=z,
+            edge_weight=snap.edge_weight if self.config.velocity else None,
+        )
+        return z, (new.detach() if detach else new)
+
     # ----------------------------------------------------------------------------- embed
     def embed(
         self,
@@ -475,32 +565,41 @@ class TemporalEncoder(nn.Module):
         return encoder
 
 
-def change_features(snap: Snapshot, previous: Tensor | None, gap: float = 1.0) -> Tensor:
+def change_features(
+    snap: Snapshot, previous: Tensor | None, gap: float | Tensor = 1.0
+) -> Tensor:
     """Per node: what changed in its incident weights since the previous snapshot.
 
     With ``dw = (w_t - w_{t-1}) / rms_l(w_t)`` per edge (``rms_l`` over the edge's layer), a
     node's features are the mean of ``dw / gap`` and of ``|dw| / gap`` over its incident edges
     (incoming and outgoing) and ``log(gap)``, the optimizer steps between the snapshots. Zeros
     at the first snapshot. Sums over incident edges: equivariant to hidden-neuron permutations.
+    On a :class:`~hyperlapse.nn.batch.GraphBatch`, ``gap`` may be a ``[B]`` tensor (one gap per
+    run; its layer groups keep ``rms_l`` per graph).
 
     Shapes:
         previous: ``[E]`` or None; returns ``[N, VELOCITY_FEATURES]``.
     """
-    from ..scatter import scatter
-
     w = snap.edge_weight
     n = snap.num_nodes
     if previous is None:
         return w.new_zeros(n, VELOCITY_FEATURES)
-    if not gap > 0:
+    per_graph = isinstance(gap, Tensor)
+    if not (bool((gap > 0).all()) if per_graph else gap > 0):
         raise ConfigError(f"Expected a positive gap between snapshots, got {gap!r}.")
     layers = int(snap.edge_layer.max()) + 1
     rms = scatter(w.pow(2), snap.edge_layer, layers, "mean").sqrt()
     rms = rms.clamp_min(torch.finfo(w.dtype).tiny)[snap.edge_layer]
-    dw = (w - previous.to(w)) / rms / gap
+    if per_graph:
+        if not isinstance(snap, GraphBatch):
+            raise ConfigError("Expected a GraphBatch for per-graph gaps, got one graph.")
+        dw = (w - previous.to(w)) / rms / gap[snap.edge_batch]
+        logg = gap.log()[snap.batch]
+    else:
+        dw = (w - previous.to(w)) / rms / gap
+        logg = w.new_full((n,), float(np.log(gap)))
     ends = torch.cat([snap.edge_index[0], snap.edge_index[1]])
     both = torch.cat([dw, dw])
     signed = scatter(both, ends, n, "mean")
     absolute = scatter(both.abs(), ends, n, "mean")
-    logg = torch.full_like(signed, float(np.log(gap)))
     return torch.stack([signed, absolute, logg], dim=-1)

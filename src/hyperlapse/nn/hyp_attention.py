@@ -18,6 +18,7 @@ the output.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..geometry.ball import Manifold, dist, expmap0, logmap0, scatter_midpoint
 from ..scatter import scatter, scatter_softmax
+from .batch import GraphBatch, from_dense, to_dense
 from .hyp_linear import hyp_linear
 from .snapshot import EDGE_ATTR_DIM
 
@@ -48,7 +50,9 @@ class HypGraphAttention(nn.Module):
 
     Shapes:
         forward: x ``[N, d]`` on the manifold, edge_index ``[2, E]`` (forward direction),
-        edge_attr ``[E, 2]``, delta ``[NUM_KERNELS, heads, d, d]`` or None; returns
+        edge_attr ``[E, 2]``, delta ``[NUM_KERNELS, heads, d, d]`` or None (with ``batch``, a
+        :class:`~hyperlapse.nn.batch.GraphBatch`: ``[B, NUM_KERNELS * heads * d * d]``, one
+        kernel offset per graph); returns
         ``([N, d], alpha [2E, heads])`` with the first ``E`` rows of alpha for the forward edges.
     """
 
@@ -81,19 +85,41 @@ class HypGraphAttention(nn.Module):
         return self.kernel.numel()
 
     def forward(
-        self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, delta: Tensor | None = None
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor,
+        delta: Tensor | None = None,
+        batch: GraphBatch | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        m = self.manifold
+        if batch is not None and delta is not None:
+            # one kernel per graph of the batch: [B, NUM_KERNELS, heads, d, d]
+            kernel = self.kernel + delta.view(-1, *self.kernel.shape)
+            q, k_f, v_f, k_b, v_b = _per_graph_hyp_linear(x, kernel, batch, manifold=m)
+            return self._attend(x, edge_index, edge_attr, q, (k_f, k_b), (v_f, v_b))
+        kernel = self.kernel if delta is None else self.kernel + delta.view_as(self.kernel)
+        q = hyp_linear(x, kernel[0], manifold=m)  # [N, H, d]
+        keys = [hyp_linear(x, kernel[1 + 2 * r], manifold=m) for r in range(2)]
+        vals = [hyp_linear(x, kernel[2 + 2 * r], manifold=m) for r in range(2)]
+        return self._attend(x, edge_index, edge_attr, q, keys, vals)
+
+    def _attend(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor,
+        q: Tensor,
+        keys: Sequence[Tensor],
+        vals: Sequence[Tensor],
     ) -> tuple[Tensor, Tensor]:
         m = self.manifold
         n = x.shape[0]
-        kernel = self.kernel if delta is None else self.kernel + delta.view_as(self.kernel)
         dst = torch.cat([edge_index[1], edge_index[0]])  # receiver (softmax group)
         num_e = edge_index.shape[1]
         direction = torch.cat(
             [x.new_zeros(num_e, 1), x.new_ones(num_e, 1)]
         )  # 0 forward, 1 backward
-        q = hyp_linear(x, kernel[0], manifold=m)  # [N, H, d]
-        keys = [hyp_linear(x, kernel[1 + 2 * r], manifold=m) for r in range(2)]
-        vals = [hyp_linear(x, kernel[2 + 2 * r], manifold=m) for r in range(2)]
         k_e = torch.cat([keys[0][edge_index[0]], keys[1][edge_index[1]]])  # [2E, H, d]
         v_e = torch.cat([vals[0][edge_index[0]], vals[1][edge_index[1]]])
         e = self.edge_mlp(torch.cat([edge_attr.repeat(2, 1), direction], dim=-1))  # [2E, H]
@@ -106,3 +132,16 @@ class HypGraphAttention(nn.Module):
             t = scatter(alpha.unsqueeze(-1) * logmap0(v_e, manifold=m), dst, n, "sum")
         out = torch.tanh(t.mean(dim=1)) + logmap0(x, manifold=m)
         return expmap0(out, manifold=m), alpha
+
+
+def _per_graph_hyp_linear(
+    x: Tensor, kernel: Tensor, batch: GraphBatch, *, manifold: Manifold
+) -> list[Tensor]:
+    """``exp0(W_b log0 x_n)`` with the kernels ``W_b`` of each node's graph ``b``.
+
+    Shapes:
+        x: ``[N, d]``; kernel: ``[B, K, H, d, d]``; returns ``K`` tensors ``[N, H, d]``.
+    """
+    t = to_dense(logmap0(x, manifold=manifold), batch)  # [B, n, d]
+    u = from_dense(torch.einsum("bni,bkhoi->bnkho", t, kernel), batch)  # [N, K, H, d]
+    return list(expmap0(u, manifold=manifold).unbind(1))

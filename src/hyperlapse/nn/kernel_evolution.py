@@ -40,7 +40,9 @@ class KernelEvolution(nn.Module):
         init_scale: standard deviation of the MLP's last layer at initialisation.
 
     Shapes:
-        forward: summary ``[d]``, state ``[state_dim]`` -> ``(delta [kernel_numel], new state)``.
+        forward: summary ``[d]``, state ``[state_dim]`` -> ``(delta [kernel_numel], new state)``;
+        or, for a batch of graphs, ``[B, d]``, ``[B, state_dim]`` -> ``[B, kernel_numel]``,
+        ``[B, state_dim]``.
     """
 
     def __init__(
@@ -66,5 +68,8 @@ class KernelEvolution(nn.Module):
         return torch.zeros(self.state_dim, dtype=dtype, device=device)
 
     def forward(self, prev_summary: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        if prev_summary.dim() == 2:
+            u = self.gru(prev_summary, state)
+            return self.mlp(u), u
         u = self.gru(prev_summary.unsqueeze(0), state.unsqueeze(0)).squeeze(0)
         return self.mlp(u), u

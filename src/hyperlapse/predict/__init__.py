@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from .encoder import EncoderFeatures
 from .features import FEATURES, FeatureExtractor, register_features
 from .predictor import Predictor, cross_validate, fit_predictor
 
-__all__ = ["FEATURES", "FeatureExtractor", "Predictor", "cross_validate", "fit_predictor",
-           "register_features"]
+__all__ = ["FEATURES", "EncoderFeatures", "FeatureExtractor", "Predictor", "cross_validate",
+           "fit_predictor", "register_features"]

@@ -9,8 +9,9 @@ evenly spaced snapshots so that runs of different lengths give rows of the same 
 
 Extension point: subclass :class:`FeatureExtractor` (``name``, ``__call__``, ``config``) and
 :func:`register_features` it; :func:`hyperlapse.fit_predictor` then accepts its name, and a
-saved predictor rebuilds it from its name and ``config()``. The temporal encoder's embeddings
-are meant to plug in here as ``features="encoder"``.
+saved predictor rebuilds it from its name and ``config()``. The temporal encoder plugs in
+here as ``features="encoder"`` (:mod:`hyperlapse.predict.encoder`): a *trainable* extractor,
+whose :meth:`FeatureExtractor.fit` trains it end to end on the targets.
 """
 
 from __future__ import annotations
@@ -89,6 +90,27 @@ class FeatureExtractor:
     """
 
     name = "base"
+    #: Whether :meth:`fit` learns from the targets (then the predictor's default model is the
+    #: extractor's own head).
+    trainable = False
+    #: Snapshots per run this extractor prefers when ``fit_predictor`` is given no ``k``.
+    default_k: int | None = None
+
+    def fit(self, trajectories: Sequence[Any], indices: Sequence[np.ndarray], y: np.ndarray,
+            task: str, seed: int = 0) -> Any:
+        """Learn from the training runs; returns a model with ``predict(rows)`` or None.
+
+        Fixed extractors learn nothing (None); a trainable one (``features="encoder"``) trains
+        end to end and returns its head.
+        """
+        return None
+
+    def state(self) -> dict[str, Any]:
+        """Learned tensors to save with a predictor (empty for fixed extractors)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
 
     def __call__(
         self, trajectories: Sequence[Any], indices: Sequence[np.ndarray]

@@ -1,12 +1,15 @@
 """Learn from a collection of runs: :func:`fit_predictor` -> :class:`Predictor`.
 
 A predictor is a feature extractor (:mod:`hyperlapse.predict.features`), a choice of
-snapshots, and a scikit-learn model (gradient-boosted trees by default). scikit-learn is an
-optional dependency (``pip install 'hyperlapse[predict]'``).
+snapshots, and a model: a scikit-learn model (gradient-boosted trees by default) on fixed
+features, or, for a trainable extractor (``features="encoder"``, the temporal encoder as a
+metanetwork), the head it was trained with end to end (``model="head"``, its default).
+scikit-learn is an optional dependency (``pip install 'hyperlapse[predict]'``).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import os
@@ -29,9 +32,9 @@ from .features import (
 __all__ = ["Predictor", "fit_predictor", "cross_validate", "resolve_targets", "TASKS", "MODELS"]
 
 TASKS = ("classify", "regress", "rank")
-MODELS = ("gbt", "linear", "mlp")
+MODELS = ("gbt", "linear", "mlp", "head")
 _FORMAT = "hyperlapse.predictor"
-_VERSION = 1
+_VERSION = 2
 #: At most this many snapshots per run in a feature row (runs are resampled to a common k).
 MAX_SNAPSHOTS = 16
 
@@ -180,6 +183,10 @@ class Predictor:
     def transform(self, trajectories: Sequence[Any]) -> np.ndarray:
         """The feature rows of ``trajectories`` (``[n, F]``)."""
         trajectories = _as_list(trajectories)
+        return self.features(trajectories, self.indices(trajectories))
+
+    def indices(self, trajectories: Sequence[Any]) -> list[np.ndarray]:
+        """The selected snapshots of each trajectory (``k`` each)."""
         indices = []
         for i, traj in enumerate(trajectories):
             if len(traj) == 0:
@@ -188,7 +195,7 @@ class Predictor:
                     f"({getattr(traj, 'location', '?')}) has none."
                 )
             indices.append(snapshot_indices(len(traj), self.snapshots, self.k))
-        return self.features(trajectories, indices)
+        return indices
 
     def predict(self, trajectories: Sequence[Any]) -> np.ndarray:
         """Predicted labels (classify), values (regress) or scores, higher = better (rank)."""
@@ -206,7 +213,8 @@ class Predictor:
             "format": _FORMAT,
             "version": _VERSION,
             "task": self.task,
-            "features": {"name": self.features.name, "config": self.features.config()},
+            "features": {"name": self.features.name, "config": self.features.config(),
+                         "state": self.features.state()},
             "snapshots": self.snapshots,
             "k": self.k,
             "model_name": self.model_name,
@@ -238,6 +246,7 @@ class Predictor:
             )
         model = pickle.load(io.BytesIO(blob["model"].numpy().tobytes()))  # noqa: S301
         features = get_features(blob["features"]["name"], **blob["features"]["config"])
+        features.load_state(blob["features"].get("state") or {})
         return cls(blob["task"], features, blob["snapshots"], int(blob["k"]), model,
                    model_name=blob["model_name"], n_outputs=int(blob["n_outputs"]),
                    info=blob["info"])
@@ -278,9 +287,10 @@ def fit_predictor(
     *,
     snapshots: str | float = "all",
     features: str | FeatureExtractor = "stats",
-    model: str = "gbt",
+    model: str | None = None,
     k: int | None = None,
     seed: int = 0,
+    feature_options: dict[str, Any] | None = None,
 ) -> Predictor:
     """Train a model that maps a run's trajectory to a label.
 
@@ -293,13 +303,19 @@ def fit_predictor(
         snapshots: ``"last"`` (T = 1), ``"all"``, or a fraction in (0, 1]: the first part of
             each run (0.2 = the first 20 % of its snapshots).
         features: ``"stats"`` (per-layer weight statistics per snapshot, mixed architectures
-            allowed), ``"loss-curve"`` (logged scalars only), ``"flat"`` (raw weights), or a
+            allowed), ``"loss-curve"`` (logged scalars only), ``"flat"`` (raw weights),
+            ``"encoder"`` (the temporal encoder + invariant readout + head, trained end to end
+            on the task: :class:`~hyperlapse.predict.encoder.EncoderFeatures`), or a
             :class:`~hyperlapse.predict.features.FeatureExtractor`.
-        model: ``"gbt"`` (histogram gradient-boosted trees), ``"linear"`` (logistic/ridge
-            regression on standardised features) or ``"mlp"``.
+        model: ``"gbt"`` (histogram gradient-boosted trees; the default for fixed features),
+            ``"linear"`` (logistic/ridge regression on standardised features), ``"mlp"``, or
+            ``"head"`` (the trainable extractor's own head; its default).
         k: snapshots per run in a feature row (default: the shortest selection in the
-            training set, at most 16); runs are resampled to ``k`` evenly spaced snapshots.
-        seed: seed of the model.
+            training set, at most 16, or the extractor's ``default_k``); runs are resampled
+            to ``k`` evenly spaced snapshots.
+        seed: seed of the model (and of a trainable extractor's initialisation and batches).
+        feature_options: keyword arguments of the extractor named by ``features``, e.g.
+            ``{"d": 16, "manifold": "euclidean", "epochs": 20}`` for ``"encoder"``.
 
     Returns:
         A fitted :class:`Predictor`.
@@ -325,8 +341,18 @@ def fit_predictor(
     """
     if task not in TASKS:
         raise ConfigError(f"Expected task to be one of {TASKS}, but got {task!r}.")
+    extractor = get_features(features, **(feature_options or {}))
+    if extractor.trainable:  # each predictor owns its trained extractor
+        extractor = copy.deepcopy(extractor)
+    if model is None:
+        model = "head" if extractor.trainable else "gbt"
     if model not in MODELS:
         raise ConfigError(f"Expected model to be one of {MODELS}, but got {model!r}.")
+    if model == "head" and not extractor.trainable:
+        raise ConfigError(
+            f"Expected model='head' only with a trainable extractor (features='encoder'), but "
+            f"features={extractor.name!r} learns nothing. Use model='gbt', 'linear' or 'mlp'."
+        )
     snapshots = check_snapshots(snapshots)
     trajectories = _as_list(trajectories)
     if isinstance(targets, str):
@@ -344,12 +370,16 @@ def fit_predictor(
             f"({getattr(trajectories[i], 'location', '?')}) has none."
         )
     if k is None:
+        cap = min(MAX_SNAPSHOTS, extractor.default_k or MAX_SNAPSHOTS)
         k = 1 if snapshots == "last" else min(
-            MAX_SNAPSHOTS, min(selected_length(n, snapshots) for n in lengths))
-    extractor = get_features(features)
+            cap, min(selected_length(n, snapshots) for n in lengths))
     n_outputs = 1 if y.ndim == 1 else y.shape[1]
     predictor = Predictor(task, extractor, snapshots, int(k), None, model_name=model,
                           n_outputs=n_outputs, info={"n_runs": len(trajectories)})
+    head = extractor.fit(trajectories, predictor.indices(trajectories), y, task, seed)
+    if model == "head":
+        predictor.model = head
+        return predictor
     X = predictor.transform(trajectories)
     est = _make_model(task, model, seed, n_outputs, len(trajectories))
     est.fit(X, y)

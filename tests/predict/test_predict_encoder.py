@@ -1,0 +1,97 @@
+"""features="encoder": the temporal encoder as a metanetwork inside fit_predictor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_predict import _record, _runs
+
+from hyperlapse.cli import main
+from hyperlapse.errors import ArchitectureError, ConfigError
+from hyperlapse.predict import EncoderFeatures, Predictor, fit_predictor
+from hyperlapse.predict.features import PermutedRun
+
+FAST = {"d": 4, "epochs": 25, "layers": 1, "heads": 1, "lr": 0.02, "batch_size": 16,
+        "max_snapshots": 3}
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    runs, scales = _runs(40)
+    p = fit_predictor(runs[::2], scales[::2], "regress", features="encoder",
+                      feature_options=FAST, seed=0)
+    return p, runs, scales
+
+
+def test_the_metanetwork_learns_and_round_trips(fitted, tmp_path):
+    p, runs, scales = fitted
+    assert p.model_name == "head" and p.k == 3 and isinstance(p.features, EncoderFeatures)
+    losses = [h["loss"] for h in p.features.history]
+    assert len(losses) == FAST["epochs"] and losses[-1] < 0.5 * losses[0]
+    mse = p.score(runs[1::2], scales[1::2])  # held-out runs
+    assert mse < 0.5 * np.var(scales)  # beats predicting the mean
+    p.save(tmp_path / "p.pt")
+    q = Predictor.load(tmp_path / "p.pt")
+    np.testing.assert_array_equal(q.predict(runs), p.predict(runs))
+    assert q.features.config() == p.features.config()
+
+
+def test_predictions_are_invariant_to_hidden_permutations(fitted):
+    p, runs, _ = fitted
+    perm = [PermutedRun(r, torch.Generator().manual_seed(i)) for i, r in enumerate(runs)]
+    # float32 sums in another order: equal up to rounding, amplified a little by the head
+    np.testing.assert_allclose(p.predict(perm), p.predict(runs), rtol=1e-3, atol=1e-4)
+    assert not np.array_equal(perm[0].weights("0.weight"), runs[0].weights("0.weight"))
+
+
+def test_classify_mixed_architectures_and_a_sklearn_model_on_the_readout():
+    small, s1 = _runs(12, widths=(3, 4, 2))
+    deep, s2 = _runs(12, widths=(3, 6, 5, 4, 2))
+    runs = small + deep
+    labels = np.array([int(s > 2) for s in np.concatenate([s1, s2])])
+    p = fit_predictor(runs, labels, "classify", features="encoder",
+                      feature_options={**FAST, "epochs": 2}, seed=1)
+    assert set(p.predict(runs)) <= {0, 1}
+    g = fit_predictor(runs, labels, "classify", features="encoder", model="linear",
+                      feature_options={**FAST, "epochs": 2}, seed=1)
+    assert g.transform(runs).shape == (24, 2 * 4 * (FAST["d"] + 2))
+
+
+def test_seeds_and_manifolds(fitted):
+    _, runs, scales = fitted
+    opts = {**FAST, "epochs": 2}
+    a, b = (fit_predictor(runs[:16], scales[:16], "rank", features="encoder",
+                          feature_options=opts, seed=3) for _ in range(2))
+    np.testing.assert_array_equal(a.predict(runs), b.predict(runs))  # deterministic
+    flat = fit_predictor(runs[:16], scales[:16], "rank", features="encoder",
+                         feature_options={**opts, "manifold": "euclidean"}, seed=3)
+    assert flat.features.network.encoder.config.manifold == "euclidean"
+    assert not np.array_equal(flat.predict(runs), a.predict(runs))
+
+
+def test_bad_options_are_clear():
+    runs, scales = _runs(8)
+    with pytest.raises(ConfigError, match="positive epochs"):
+        fit_predictor(runs, scales, "rank", features="encoder", feature_options={"epochs": 0})
+    with pytest.raises(ConfigError, match="model='head' only with a trainable extractor"):
+        fit_predictor(runs, scales, "rank", features="stats", model="head")
+    with pytest.raises(ConfigError, match="not been fitted"):
+        EncoderFeatures()(runs, [np.arange(2)] * len(runs))
+    p = fit_predictor(runs, scales, "rank", features="encoder",
+                      feature_options={**FAST, "epochs": 1})
+    deeper, _ = _runs(2, widths=(3, 6, 5, 4, 2))
+    with pytest.raises(ArchitectureError, match=r"has \[3, 6, 5, 4, 2\].*need 8 identity"):
+        p.predict(deeper)
+
+
+def test_cli_fit_with_the_encoder(tmp_path, capsys):
+    for i, lr in enumerate(np.linspace(0.001, 0.2, 6)):
+        _record(tmp_path / f"run{i}.zarr", i, float(lr))
+    out = tmp_path / "enc.pt"
+    assert main(["predict", "fit", str(tmp_path / "run*.zarr"), "--target", "metric:loss",
+                 "--task", "rank", "--features", "encoder", "--epochs", "2", "--dim", "4",
+                 "--manifold", "euclidean", "--folds", "2", "--out", str(out)]) == 0
+    assert "features='encoder'" in capsys.readouterr().out
+    assert main(["predict", "apply", str(out), str(tmp_path / "run*.zarr")]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 6

@@ -496,7 +496,8 @@ class TemporalEncoder(nn.Module):
         Args:
             data: a Trajectory, a TemporalParameterGraph or a list of ParameterGraphs.
             return_attention: keep per-layer attention weights of every snapshot.
-            progress: show a progress bar on stderr (:mod:`hyperlapse.progress`; silent off a terminal).
+            progress: show a progress bar on stderr (:mod:`hyperlapse.progress`; silent off a
+                terminal).
 
         Returns:
             :class:`Embeddings` with ``z`` of shape ``[T, N, d]``.

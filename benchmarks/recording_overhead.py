@@ -26,8 +26,10 @@ medians with min-max and IQR. Also measured in the same run: training-thread blo
 snapshot (``rec.overhead()["capture_mean_s"]``) next to one bare parameter copy (the floors'
 timed copy), ``close()`` of a run of 100 snapshots of 1 MB (a 512x512 linear layer) and of a run
 of 100,000 snapshots of a 16-8 linear layer (recording every step, a trivial SGD update, fsync
-on), and the writer cost per snapshot in windows near snapshot 100 and near 10,000 of that long
-run (wall per snapshot of the loop, writer CPU per snapshot from ``rec.overhead()`` deltas).
+on), and the cost per snapshot in five windows of 200 snapshots from snapshot 100, 10,000 and
+99,000 of that long run: CPU seconds of the training thread (``time.thread_time``) plus the
+writer's (``rec.overhead()["writer_cpu_s"]`` deltas), which other processes on a shared machine
+do not inflate, and the loop's wall time (reported, not judged).
 The verdict on each target of issue 9 is computed from these measurements.
 
 Every-step variants are skipped where one run would write more than ``--max-run-gb`` (default
@@ -35,8 +37,9 @@ Every-step variants are skipped where one run would write more than ``--max-run-
 Temporary files go to ``--dir`` (default: a fresh folder beside this script, on the same disk
 as the repository, removed at the end); the results record its filesystem type.
 
-Run (full: ~12-15 min on the 2-core machine, torch's default threads; run it at a quiet
-moment, nothing else on the machine)::
+Run (full: ~12-15 min on the quiet 2-core machine with torch's default threads, estimated from
+the per-step costs of a quiet moment; under the load of four engineers one 2,000-step repeat of
+the 784-256-256-10 MLP alone took 16 min, so run it when nothing else runs)::
 
     .venv/bin/python benchmarks/recording_overhead.py
     .venv/bin/python benchmarks/recording_overhead.py --quick   # seconds (the smoke test)
@@ -63,6 +66,7 @@ import platform
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -104,6 +108,7 @@ BLOCKING_VS_COPY = 1.5
 CLOSE_1MB_S = 0.1
 CLOSE_LONG_S = 1.0
 GROWTH_TOLERANCE = 1.25  # "equal" on a shared machine: within 25 %
+WINDOWS = 5  # windows of the long run per point (median)
 DEFAULT_COMPRESSION = inspect.signature(TrajectoryRecorder).parameters["compression"].default
 
 
@@ -467,7 +472,9 @@ def long_run(
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     path = root / f"long_{compression}.zarr"
     rec = TrajectoryRecorder(path, model, every=1, compression=compression)
-    marks: list[tuple[int, float, float, float, float]] = []  # snapshot, wall, cpu, writer, blocked
+    # (snapshot, wall, training-thread CPU, writer CPU, training blocked): CPU seconds do not
+    # count time lost to other processes, so they show growth on a shared machine too
+    marks: list[tuple[int, float, float, float, float]] = []
 
     def mark(n: int) -> None:
         ov = rec.overhead()
@@ -475,7 +482,7 @@ def long_run(
             (
                 n,
                 time.perf_counter(),
-                time.process_time(),
+                time.thread_time(),
                 ov["writer_cpu_s"],
                 ov["training_blocked_s"],
             )
@@ -484,7 +491,7 @@ def long_run(
     t0 = time.perf_counter()
     rec.attach(opt)  # snapshot 1 (step 0)
     n = 1
-    edges = {p + j * window for p in points for j in range(5)}
+    edges = {p + j * window for p in points for j in range(WINDOWS + 1)}
     mark(n)
     for _ in range(snapshots - 1):
         opt.step()
@@ -502,14 +509,17 @@ def long_run(
     for p in points:
         wins = [
             (at[p + j * window], at[p + (j + 1) * window])
-            for j in range(4)
+            for j in range(WINDOWS)
             if p + (j + 1) * window in at and p + j * window in at
         ]
         per_point[str(p)] = {
             "windows": [[a[0], b[0]] for a, b in wins],
             "loop_ms_per_snapshot": spread([(b[1] - a[1]) / window * 1e3 for a, b in wins]),
-            "process_cpu_ms_per_snapshot": spread([(b[2] - a[2]) / window * 1e3 for a, b in wins]),
+            "training_cpu_ms_per_snapshot": spread([(b[2] - a[2]) / window * 1e3 for a, b in wins]),
             "writer_cpu_ms_per_snapshot": spread([(b[3] - a[3]) / window * 1e3 for a, b in wins]),
+            "cpu_ms_per_snapshot": spread(
+                [(b[2] - a[2] + b[3] - a[3]) / window * 1e3 for a, b in wins]
+            ),
             "blocked_ms_per_snapshot": spread([(b[4] - a[4]) / window * 1e3 for a, b in wins]),
         }
     files, size = dir_usage(path)
@@ -667,18 +677,24 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
             for p in later:
                 row = {"compression": e["compression"], "at": int(p), "versus": int(first)}
                 ok = True
-                for key in ("loop_ms_per_snapshot", "writer_cpu_ms_per_snapshot"):
+                for key in (
+                    "cpu_ms_per_snapshot",
+                    "writer_cpu_ms_per_snapshot",
+                    "loop_ms_per_snapshot",
+                ):
                     a = e["per_point"][first][key]["median"]
                     b = e["per_point"][p][key]["median"]
                     row[key] = [a, b]
                     row[key.replace("_ms_per_snapshot", "_ratio")] = b / a if a > 0 else None
-                    ok = ok and (b <= GROWTH_TOLERANCE * a)
+                    if key != "loop_ms_per_snapshot":  # wall: reported, too noisy to judge
+                        ok = ok and (b <= GROWTH_TOLERANCE * a)
                 row["met"] = ok
                 rows.append(row)
         target(
             "growth",
             f"cost per snapshot later in the run within {GROWTH_TOLERANCE}x of the "
-            "cost near snapshot 100 (loop wall and writer CPU per snapshot)",
+            "cost near snapshot 100 (CPU seconds per snapshot of training thread + writer, "
+            "and of the writer alone; wall per snapshot reported, not judged)",
             rows,
         )
     return out
@@ -850,6 +866,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parent = Path(args.dir) if args.dir else HERE
     parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=".recording-bench-", dir=parent))
+    # a SIGTERM (kill, a job's timeout) still removes the temporary files
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -875,6 +893,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         f"--max-run-gb {args.max_run_gb})"
                     )
                 results["groups"][f"{m}_{steps}"] = g
+                write(results, out)  # a cut-short run keeps its finished groups
         close: dict[str, Any] = {}
         if not args.no_close:
             log("close() of runs of 1 MB snapshots")
@@ -883,7 +902,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         if not args.no_long:
             n, window, points = (
-                (3000, 100, [100, 2000]) if args.quick else (100_000, 250, [100, 10_000, 99_000])
+                (3000, 100, [100, 2000]) if args.quick else (100_000, 200, [100, 10_000, 99_000])
             )
             close["long"] = []
             for comp in dict.fromkeys([DEFAULT_COMPRESSION, "none"]):

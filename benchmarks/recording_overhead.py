@@ -777,6 +777,16 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{e['total_ms_per_step_added']['median']:.3f} | {e['close_s']['median']:.3f} | "
                 f"{_fmt(blocked and blocked['median'], '.4f')} | {e.get('io_path', '')} |"
             )
+    lines.append("")
+    for g in results["groups"].values():
+        b = g["bare_ms_per_step"]
+        lines.append(
+            f"- {g['model']} {g['steps']} steps, {g['repeats']} repeats: bare loop "
+            f"{b['median']:.3f} ms/step [{b['min']:.3f}-{b['max']:.3f}]; one bare parameter copy "
+            f"{g['bare_copy_ms']['median']:.4f} ms"
+        )
+    if results.get("combined_from"):
+        lines.append(f"- combined from {len(results['combined_from'])} runs (`combined_from`)")
     lines += ["", "## Verdicts (computed by the script)", ""]
     for name, t in results["verdicts"].items():
         lines.append(f"- **{name}** ({t['target']}): {'MET' if t['met'] else 'MISSED'}")
@@ -799,7 +809,7 @@ def write(results: dict[str, Any], out: Path) -> None:
     out.with_suffix(".md").write_text(markdown(results))
 
 
-def combine(paths: list[str], out: Path) -> dict[str, Any]:
+def combine(paths: list[str], out: Path, note: str) -> dict[str, Any]:
     """Merge the groups and close/growth parts of several result files; recompute verdicts."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     results = parts[0]
@@ -808,7 +818,18 @@ def combine(paths: list[str], out: Path) -> dict[str, Any]:
         if p.get("close"):
             results["close"] = p["close"]
         results["skipped"] = results.get("skipped", []) + p.get("skipped", [])
-    results["combined_from"] = [str(p) for p in paths]
+    results["combined_from"] = [
+        {
+            "file": str(path),
+            "argv": p.get("argv"),
+            "total_seconds": p.get("total_seconds"),
+            "load_average_start": p["machine"].get("load_average_start"),
+            "load_average_end": p["machine"].get("load_average_end"),
+        }
+        for path, p in zip(paths, parts, strict=True)
+    ]
+    results["total_seconds"] = sum(p.get("total_seconds") or 0.0 for p in parts)
+    results["machine"]["note"] = note
     write(results, out)
     return results
 
@@ -822,7 +843,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--repeats",
         type=int,
         default=None,
-        help="repeats per group (default 7 for runs <= 500 steps, 3 for longer)",
+        help="repeats per group (default 7 for runs <= 500 steps, 3 for longer; twice that "
+        "for the tiny MLP)",
     )
     ap.add_argument("--no-close", action="store_true", help="skip the close() runs")
     ap.add_argument(
@@ -852,7 +874,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.combine:
-        return combine(args.combine, out)
+        return combine(args.combine, out, args.note)
     if args.threads:
         torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
@@ -883,7 +905,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         for m in models:
             for steps in lengths:
-                repeats = args.repeats or (2 if args.quick else 7 if steps <= 500 else 3)
+                # the tiny MLP's runs are short (more exposed to noise) and cheap: twice as many
+                cheap = 2 if m == "tiny" else 1
+                repeats = args.repeats or (2 if args.quick else (7 if steps <= 500 else 3) * cheap)
                 log(f"{m} {steps} steps, {repeats} repeats")
                 g = bench_group(m, steps, repeats, root, rng, args.max_run_gb * 1e9, log)
                 if not g["every_step_measured"]:

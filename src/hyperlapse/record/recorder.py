@@ -33,7 +33,7 @@ from torch import nn
 
 from ..arch import describe_mlp, unwrap_model
 from ..errors import ArchitectureError, ConfigError, HyperlapseWarning, WriterError
-from ..store.format import check_compression
+from ..store.format import check_compression, resolve_compression
 from ..store.writer import StoreWriter, short_flush_warning
 from .capture import DTYPES, CaptureBuffer, CaptureLayout
 from .schedule import make_schedule
@@ -182,7 +182,7 @@ class TrajectoryRecorder:
         compression: str = "auto",
     ) -> None:
         self._schedule = make_schedule(every, schedule)
-        fmt_compression = check_compression(compression)
+        fmt_compression = resolve_compression(check_compression(compression), path)
         dtype = check_dtype_and_on_full(dtype, on_full)
         if flush_every_s is not None and not (
             isinstance(flush_every_s, numbers.Real)

@@ -44,6 +44,7 @@ from zarr.core.sync import sync
 
 from ..errors import ConfigError, CorruptStoreError, HyperlapseError, StoreError
 from . import format as fmt
+from .inplace import DIRECT_MIN_BYTES, PAGE, ShardFile, aligned_buffer, direct_io_supported
 from .lock import WriterLock
 from .shards import ChunkEncoder, assemble_shard, chunk_crc_ok, split_shard
 
@@ -137,6 +138,10 @@ class StoreWriter:
         self.flushes = 0
         self._dirty: set[str] = set()
         self._lock: WriterLock | None = None
+        #: how parameter snapshots reach the files ("odirect", "buffered" or "zarr"); set once
+        #: the arrays are open (:meth:`_choose_io`)
+        self.io_path: str | None = None
+        self._files: dict[str, ShardFile] = {}
         creating = False
         try:
             fresh = not fmt.store_exists(location) or _is_empty_dir(location)
@@ -331,12 +336,28 @@ class StoreWriter:
     def _allocate_buffers(self) -> None:
         self._arrays = {p["name"]: self.group[f"{fmt.PARAMS}/{p['name']}"] for p in self.parameters}
         self._empty = {p["name"] for p in self.parameters if math.prod(p["shape"]) == 0}
-        self._encoders = {
-            name: ChunkEncoder(*_compressor(arr)) for name, arr in self._arrays.items()
-        }
-        # encoded inner chunks of the current shard, from its first snapshot on
+        codecs = {name: _compressor(arr) for name, arr in self._arrays.items()}
+        self._encoders = {name: ChunkEncoder(*c) for name, c in codecs.items()}
+        # encoded inner chunks of the current shard, from its first snapshot on (zarr path)
         self._chunks: dict[str, list[bytes]] = {name: [] for name in self._arrays}
-        if self.written % self.k:
+        self.io_path = self._choose_io(codecs)
+        if self.io_path != "zarr":
+            # fixed inner-chunk sizes: raw bytes + CRC32C
+            self._cs = {
+                name: math.prod(arr.shape[1:]) * arr.dtype.itemsize + 4
+                for name, arr in self._arrays.items()
+                if name not in self._empty
+            }
+            direct = self.io_path == "odirect"
+            self._direct = {n for n, cs in self._cs.items() if direct and cs >= DIRECT_MIN_BYTES}
+            self._stage = (
+                aligned_buffer(max(self._cs[n] for n in self._direct) + 2 * PAGE)
+                if self._direct
+                else None
+            )
+            if self.written % self.k:
+                self._resume_shards()
+        elif self.written % self.k:
             self._load_partial_shard()
         self._steps = np.empty(self.k, dtype=np.int64)
         self._walls = np.empty(self.k, dtype=np.float64)
@@ -344,6 +365,62 @@ class StoreWriter:
         self.pending = 0
         self._scalars = {p: self._handle(p) for p in self._array_paths()[len(self.parameters) :]}
         self._scalar_chunk = self._scalars[fmt.STEP].chunks[0]
+
+    def _choose_io(self, codecs: dict[str, tuple[Any, bool]]) -> str:
+        """"odirect" or "buffered" (fill-in-place shard files) for local stores whose parameter
+        chunks are uncompressed, else "zarr" (shards assembled and written through Zarr's store
+        API: object stores, compressed stores). ``HYPERLAPSE_WRITER_IO`` = "buffered" or "zarr"
+        forces a slower path (tests, diagnosis)."""
+        forced = os.environ.get("HYPERLAPSE_WRITER_IO", "auto")
+        fixed = all(
+            codec is None and crc for name, (codec, crc) in codecs.items()
+            if name not in self._empty
+        )
+        if forced == "zarr" or fmt.is_url(self.location) or not fixed:
+            return "zarr"
+        root = fmt.local_path(self.location) / fmt.PARAMS
+        if forced == "buffered" or not direct_io_supported(root):
+            return "buffered"
+        return "odirect"
+
+    def _shard_file(self, name: str, shard: int) -> Path:
+        arr = self._arrays[name]
+        key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
+        return fmt.local_path(self.location) / fmt.PARAMS / name / key
+
+    def _start_shards(self, shard: int) -> None:
+        """Fill-in-place: close the previous shard files and start shard ``shard`` of every
+        parameter (its file gets its final size and index now)."""
+        self._close_files()
+        for name, cs in self._cs.items():
+            path = self._shard_file(name, shard)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stage = self._stage if name in self._direct else None
+            self._files[name] = ShardFile.create(path, self.k, cs, stage)
+            self.bytes_written += 16 * self.k + 4
+            self._dirty.add(str(path.relative_to(fmt.local_path(self.location))))
+
+    def _resume_shards(self) -> None:
+        """Fill-in-place, resuming inside a shard: continue its files where ``committed`` ends."""
+        self._close_files()
+        shard, n = divmod(self.written, self.k)
+        for name, cs in self._cs.items():
+            path = self._shard_file(name, shard)
+            stage = self._stage if name in self._direct else None
+            try:
+                self._files[name] = ShardFile.resume(path, self.k, cs, n, stage, self.fsync)
+            except (OSError, ValueError) as exc:
+                self._close_files()
+                raise CorruptStoreError(
+                    f"The store at '{self.location}' says {self.written} snapshots are "
+                    f"committed, but shard {shard} of '{name}' lacks some of them or fails its "
+                    f"checksum ({exc}). The store is damaged; record to a new path."
+                ) from exc
+
+    def _close_files(self) -> None:
+        files, self._files = self._files, {}
+        for f in files.values():
+            f.close()
 
     def _shard_path(self, name: str, shard: int) -> Any:
         arr = self._arrays[name]
@@ -397,6 +474,9 @@ class StoreWriter:
         if self.pending and (self.written + self.pending) % self.k == 0:
             self.flush()  # the previous shard is complete: write it whole
         i = self.pending
+        inplace = self.io_path != "zarr"
+        if inplace and (self.written + i) % self.k == 0:
+            self._start_shards((self.written + i) // self.k)
         finite = True
         for p in self.parameters:
             name = p["name"]
@@ -405,7 +485,14 @@ class StoreWriter:
                 finite = bool(np.isfinite(value).all())
             elif finite and p["dtype"] == "bfloat16":
                 finite = not _bf16_nonfinite(value)
-            chunk = b"" if name in self._empty else self._encoders[name](value)
+            if name in self._empty:
+                chunk = b""
+            elif inplace:  # straight from the caller's array into the shard file
+                self.bytes_written += self._files[name].write(_raw_bytes(value))
+                self.payload_bytes += self._cs[name]
+                continue
+            else:
+                chunk = self._encoders[name](value)
             self.payload_bytes += len(chunk)
             self._chunks[name].append(chunk)
         self._steps[i] = step
@@ -456,7 +543,7 @@ class StoreWriter:
                 self._write_scalar(path, 0, np.full(start, np.nan))
         self.metric_names += new_names
         shard = start // self.k
-        for name in self._arrays:
+        for name in self._arrays if self.io_path == "zarr" else ():
             if name in self._empty:
                 continue
             data = assemble_shard(self._chunks[name], self.k)
@@ -467,6 +554,11 @@ class StoreWriter:
         for name in self._arrays:
             if end % self.k == 0:
                 self._chunks[name] = []
+        root = fmt.local_path(self.location)
+        for f in self._files.values():  # fill-in-place: written at append, made durable here
+            if f.dirty:
+                self._dirty.add(str(f.path.relative_to(root)))
+                f.dirty = False
         self._write_scalar(fmt.STEP, start, self._steps[:n])
         self._write_scalar(fmt.WALL_TIME, start, self._walls[:n])
         for name in self.metric_names:
@@ -519,6 +611,7 @@ class StoreWriter:
             "nonfinite": self.nonfinite,
             "writer": owner,
             "write_amplification": round(self.write_amplification, 3),
+            **({"writer_io": self.io_path} if self.io_path is not None else {}),
             **extra,
         }
         if self.recording_cost is not None:
@@ -543,8 +636,9 @@ class StoreWriter:
             self._commit()
             self.last_step = int(steps[keep - 1]) if keep else None
             self._chunks = {name: [] for name in self._arrays}
+            self._close_files()
             if keep % self.k:
-                self._load_partial_shard()
+                self._resume_shards() if self.io_path != "zarr" else self._load_partial_shard()
         return self.written
 
     def close(self) -> None:
@@ -552,6 +646,10 @@ class StoreWriter:
         the write lock back (also when one of these steps fails)."""
         try:
             self.flush()
+            if self._files and self.written % self.k:
+                for f in self._files.values():  # list only the chunks written (see finish())
+                    f.finish(self.fsync)
+            self._close_files()
             if self.capacity != self.written:
                 for path in self._array_paths():
                     arr = self._arrays[path.split("/", 1)[1]] if path.startswith(
@@ -596,6 +694,7 @@ class StoreWriter:
 
     def release(self) -> None:
         """Give the write lock back without committing anything (idempotent)."""
+        self._close_files()
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
@@ -664,6 +763,15 @@ def _compressor(array: zarr.Array) -> tuple[Any, bool]:
     ):
         raise StoreError(f"Unsupported inner codecs {inner} in '{array.path}'.")
     return (inner[1] if len(inner) == 2 else None), crc
+
+
+def _raw_bytes(value: np.ndarray) -> np.ndarray:
+    """The little-endian bytes of one snapshot of a parameter as a flat uint8 view (a copy
+    only where the array is not contiguous or not little-endian)."""
+    data = np.ascontiguousarray(value)
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("<"))
+    return data.reshape(-1).view(np.uint8)
 
 
 def _as_float(value: Any) -> float:

@@ -229,27 +229,24 @@ class ShardFile:
         os.fdatasync(self.fd)
         self.dirty = False
 
-    def finish(self, fsync: bool) -> None:
-        """Make the file a shard of exactly the ``n`` chunks written: the index listing them
-        is written after chunk ``n - 1`` and the file cut there.
+    def finish(self, fsync: bool) -> bool:
+        """First half of making the file a shard of exactly the ``n`` chunks written: the index
+        listing them is written right after chunk ``n - 1``. Returns whether :meth:`cut` must
+        follow (after the new index is durable).
 
-        Crash-safe: until the cut, the file's last bytes are still the full index; the new index
-        goes to bytes no committed chunk uses. Where it would overlap the old index (a shard
-        only a few tiny chunks short of full), the shard is rewritten into a new file that
-        atomically replaces it (bounded: such a shard is smaller than ``k * 16 KiB``).
+        Crash-safe: until the cut, the file's last bytes are still the full index, and the new
+        index goes to bytes no committed chunk uses. Where it would overlap the old index (a
+        shard only a few small chunks short of full) the shard is instead rewritten into a new
+        file that atomically replaces this one (bounded: such a shard holds less than ``k``
+        chunks of under 16 KiB).
         """
         k, cs, n = self.k, self.cs, self.n
         if n == k:
-            return
+            return False
         new_index = index_bytes(k, cs, n)
         if n * cs + len(new_index) <= k * cs:
             _pwrite_all(self.fd, new_index, n * cs)
-            if fsync:
-                os.fdatasync(self.fd)
-            os.ftruncate(self.fd, n * cs + len(new_index))
-            if fsync:
-                os.fsync(self.fd)
-            return
+            return True
         data = os.pread(self.fd, n * cs, 0)
         tmp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}.partial")
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -260,8 +257,11 @@ class ShardFile:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
-        if fsync:
-            fsync_path(self.path.parent)
+        return False
+
+    def cut(self) -> None:
+        """Second half of :meth:`finish`: cut the file after the new index."""
+        os.ftruncate(self.fd, self.n * self.cs + 16 * self.k + 4)
 
     def close(self) -> None:
         for fd in (self.direct_fd, self.fd):

@@ -25,6 +25,7 @@ store has exact shapes for xarray and plain Zarr.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import math
 import os
@@ -227,6 +228,7 @@ class StoreWriter:
         self.last_step: int | None = None
         self.metric_names: list[str] = []
         self.capacity = self.k
+        self._high = self.capacity
         self._create_arrays()
 
     def _resume(self, attrs: dict[str, Any], architecture: dict[str, Any] | None) -> None:
@@ -268,6 +270,7 @@ class StoreWriter:
                     f"committed but the array '{path}' holds {size}. Record to a new path."
                 )
             self.capacity = min(shapes.values())
+        self._high = max(shapes.values()) if self.written else self.capacity
         steps = self.group[fmt.STEP]
         self.last_step = int(steps[self.written - 1]) if self.written else None
         self._commit(closed=False)
@@ -516,16 +519,33 @@ class StoreWriter:
             return
         new = max(end, 2 * self.capacity)
         new = -(-new // self.k) * self.k
-        for path in self._array_paths():
-            arr = self._arrays[path.split("/", 1)[1]] if path.startswith(fmt.PARAMS) else (
-                self._scalars[path]
-            )
-            arr.resize((new, *arr.shape[1:]))
-            self._dirty.add(f"{path}/zarr.json")
-        self.capacity = new
+        self._set_length(new)
 
-    def flush(self) -> None:
-        """Write the pending rows and commit them (data first, ``committed`` last)."""
+    def _set_length(self, length: int) -> None:
+        """Set every array's length (one metadata write each, concurrently). Chunks are not
+        listed or deleted here, so this costs the same at any run length."""
+        arrays = {}
+        for path in self._array_paths():
+            arrays[path] = self._arrays[path.split("/", 1)[1]] if path.startswith(
+                fmt.PARAMS
+            ) else self._scalars[path]
+            self._dirty.add(f"{path}/zarr.json")
+
+        async def resize_all() -> None:
+            await asyncio.gather(*(
+                arr.async_array.resize((length, *arr.shape[1:]), delete_outside_chunks=False)
+                for arr in arrays.values()
+            ))
+
+        sync(resize_all())
+        self.capacity = length
+        self._high = max(self._high, length)
+
+    def flush(self, commit: bool = True) -> None:
+        """Write the pending rows and commit them (data first, ``committed`` last).
+
+        ``commit=False`` makes them durable but leaves ``committed`` in the attrs as it was
+        (:meth:`close` commits once, after trimming)."""
         n, start = self.pending, self.written
         self._last_flush = time.monotonic()
         if n == 0:
@@ -568,7 +588,8 @@ class StoreWriter:
         self.written, self.pending = end, 0
         self._metrics = []
         self.flushes += 1
-        self._commit()
+        if commit:
+            self._commit()
 
     def _write_scalar(self, path: str, start: int, values: np.ndarray) -> None:
         arr = self._scalars[path]
@@ -645,23 +666,52 @@ class StoreWriter:
         """Flush everything, trim the arrays to ``committed``, mark the store closed, and give
         the write lock back (also when one of these steps fails)."""
         try:
-            self.flush()
-            if self._files and self.written % self.k:
-                for f in self._files.values():  # list only the chunks written (see finish())
-                    f.finish(self.fsync)
-            self._close_files()
+            self.flush(commit=False)
+            self._finish_shards()
             if self.capacity != self.written:
-                for path in self._array_paths():
-                    arr = self._arrays[path.split("/", 1)[1]] if path.startswith(
-                        fmt.PARAMS
-                    ) else self._scalars[path]
-                    arr.resize((self.written, *arr.shape[1:]))
-                    self._dirty.add(f"{path}/zarr.json")
-                self.capacity = self.written
-                self._sync_dirty()
+                high = self._high
+                self._set_length(self.written)
+                self._delete_beyond(high)
+            self._sync_dirty()
             self._commit(closed=True, writer=None)
         finally:
             self.release()
+
+    def _finish_shards(self) -> None:
+        """Fill-in-place: the last, partial shard lists only the chunks it holds (its index
+        is rewritten after them, made durable, then the file is cut; see ShardFile.finish)."""
+        files = list(self._files.values()) if self.written % self.k else []
+        cut = [f for f in files if f.finish(self.fsync)]
+        if self.fsync:
+            _parallel([f.sync for f in cut])
+        root = fmt.local_path(self.location)
+        for f in files:
+            if f in cut:
+                f.cut()
+            self._dirty.add(str(f.path.relative_to(root)))
+        self._close_files()
+
+    def _delete_beyond(self, high: int) -> None:
+        """Delete the chunks between ``committed`` and ``high`` (the longest the arrays have
+        been): stale after a truncation, never read. Bounded by ``high - committed``."""
+        n = self.written
+        deletes = []
+        for path in self._array_paths():
+            arr = self._arrays[path.split("/", 1)[1]] if path.startswith(
+                fmt.PARAMS
+            ) else self._scalars[path]
+            c = arr.metadata.chunk_grid.chunk_shape[0] if not path.startswith(fmt.PARAMS) else (
+                self.k
+            )
+            for i in range(-(-n // c), -(-high // c)):
+                key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
+                deletes.append(arr.store_path / key)
+
+        async def delete_all() -> None:
+            await asyncio.gather(*(key.delete() for key in deletes))
+
+        if deletes:
+            sync(delete_all())
 
     def write_probes(self, probes: np.ndarray) -> bool:
         """Store a small batch of probe inputs ``[B, n_0]`` with the run (once: a resumed run
@@ -732,6 +782,16 @@ def _check_parameters(parameters: list[dict[str, Any]]) -> None:
                 f"{list(fmt.SUPPORTED_DTYPES)}, but '{p['name']}' is {p['dtype']}. Record "
                 f"without it (e.g. buffers=False) or convert it; nothing was written."
             )
+
+
+def _parallel(calls: list[Callable[[], Any]]) -> None:
+    """Run blocking calls (fsyncs) concurrently: the disk handles them together."""
+    if len(calls) > 1:
+        with ThreadPoolExecutor(min(8, len(calls))) as pool:
+            for future in [pool.submit(call) for call in calls]:
+                future.result()
+    elif calls:
+        calls[0]()
 
 
 def _fsync(path: Path) -> None:

@@ -97,14 +97,21 @@ class CaptureLayout:
         On CUDA the copy is asynchronous; an event per device marks its end (see
         :meth:`CaptureBuffer.wait`). No ``.item()``, no device synchronisation.
         """
-        with torch.no_grad():
+        # Grad mode off as a plain call (no context-manager object) and no per-tensor
+        # ``detach()``: every torch call here releases and retakes the GIL, and retaking it
+        # while the writer thread runs Python can cost far more than the copy itself.
+        grad = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        try:
             for (_, idx), dst in zip(self.groups, buf.views, strict=True):
-                src = [tensors[i].detach() for i in idx]
+                src = [tensors[i] for i in idx] if len(idx) != len(tensors) else tensors
                 if self.pinned:  # device -> pinned host, asynchronous: per tensor, any device
                     for d, t in zip(dst, src, strict=True):
                         d.copy_(t, non_blocking=True)
                 else:  # host tensors (or devices without pinned memory): one fused copy
                     torch._foreach_copy_(dst, src)
+        finally:
+            torch.set_grad_enabled(grad)
         if self.pinned:
             events = []
             for device in self.devices:

@@ -313,7 +313,8 @@ class TrajectoryRecorder:
         if queue_size is None:
             queue_size = min(max(_POOL_BYTES // max(self._layout.nbytes, 1), 4), 64)
         self.queue_size = queue_size
-        self._free: queue.Queue[CaptureBuffer] = queue.Queue()
+        # SimpleQueue: a get with an item ready never releases the GIL (queue.Queue's does)
+        self._free: queue.SimpleQueue[CaptureBuffer] = queue.SimpleQueue()
         for _ in range(queue_size):
             self._free.put(self._layout.new_buffer())
         # SimpleQueue: its put() is reentrant, so the SIGTERM handler may use it

@@ -301,7 +301,7 @@ class TrajectoryRecorder:
         )
         if probe_data is not None:
             self.writer.write_probes(probe_data)
-        short = short_flush_warning(flush_every_s)
+        short = short_flush_warning(flush_every_s, self.writer.io_path or "zarr")
         if short is not None:
             warnings.warn(short, HyperlapseWarning, stacklevel=2)
         self.architecture = architecture

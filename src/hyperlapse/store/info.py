@@ -108,6 +108,7 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
         "versions": attrs.get("versions"),
         "recording_cost": attrs.get("recording_cost"),
         "write_amplification": attrs.get("write_amplification"),
+        "writer_io": attrs.get("writer_io"),
         "writer": attrs.get("writer"),
         "writer_alive": writer_alive(attrs.get("writer")),
         "verified": verify,
@@ -165,6 +166,9 @@ def format_info(info: dict[str, Any]) -> str:
     cost = info.get("recording_cost")
     if isinstance(cost, dict) and cost:
         lines.append("recording    " + ", ".join(_cost_text(k, v) for k, v in cost.items()))
+    io = info.get("writer_io")
+    if io:
+        lines.append(f"writer io    {io} ({_IO_TEXT.get(io, 'unknown')})")
     if isinstance(info.get("write_amplification"), (int, float)):
         lines.append(f"written      {info['write_amplification']:.2f} bytes per byte of data "
                      f"(rewrites of partial shards at time flushes; for tiny models mostly the "
@@ -179,6 +183,14 @@ def format_info(info: dict[str, Any]) -> str:
             where = "" if d["snapshot"] is None else f" snapshot {d['snapshot']}"
             lines.append(f"  {d['what']}{where}: {d['error']}")
     return "\n".join(lines)
+
+
+_IO_TEXT = {
+    "odirect": "snapshots written in place into preallocated shards, O_DIRECT from aligned "
+    "buffers; small tensors buffered",
+    "buffered": "snapshots written in place into preallocated shards, buffered pwrite",
+    "zarr": "shards assembled and written through Zarr's store API",
+}
 
 
 def _cost_text(key: str, value: Any) -> str:

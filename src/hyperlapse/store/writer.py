@@ -756,14 +756,15 @@ class StoreWriter:
         return self.bytes_written / max(self.payload_bytes, 1)
 
 
-def short_flush_warning(flush_every_s: float | None) -> str | None:
-    """The warning text for a ``flush_every_s`` short enough to amplify writes, else ``None``.
+def short_flush_warning(flush_every_s: float | None, io_path: str = "zarr") -> str | None:
+    """The warning text for a ``flush_every_s`` short enough to amplify writes, else ``None``
+    (always ``None`` for the fill-in-place paths, where a time flush rewrites nothing).
 
     Callers on the training thread (the recorder) emit it; the writer itself only counts the
     amplification (:attr:`StoreWriter.write_amplification`), since it runs on a background
     thread where a warning turned into an error would stop the recording.
     """
-    if flush_every_s is None or not 0 < flush_every_s < SHORT_FLUSH_S:
+    if io_path != "zarr" or flush_every_s is None or not 0 < flush_every_s < SHORT_FLUSH_S:
         return None
     return (
         f"flush_every_s={flush_every_s} rewrites the current partial shard every "

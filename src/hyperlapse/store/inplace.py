@@ -263,6 +263,10 @@ class ShardFile:
         """Second half of :meth:`finish`: cut the file after the new index."""
         os.ftruncate(self.fd, self.n * self.cs + 16 * self.k + 4)
 
+    def cut_and_sync(self) -> None:
+        self.cut()
+        os.fsync(self.fd)
+
     def close(self) -> None:
         for fd in (self.direct_fd, self.fd):
             if fd is not None:

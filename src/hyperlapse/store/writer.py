@@ -544,8 +544,8 @@ class StoreWriter:
     def flush(self, commit: bool = True) -> None:
         """Write the pending rows and commit them (data first, ``committed`` last).
 
-        ``commit=False`` makes them durable but leaves ``committed`` in the attrs as it was
-        (:meth:`close` commits once, after trimming)."""
+        ``commit=False`` writes them but neither syncs nor commits (:meth:`close` syncs
+        everything together and commits once, after trimming)."""
         n, start = self.pending, self.written
         self._last_flush = time.monotonic()
         if n == 0:
@@ -554,7 +554,10 @@ class StoreWriter:
         self._check_lease()
         metrics = [m() if callable(m) else m for m in self._metrics]
         new_names = sorted({k for m in metrics for k in m} - set(self.metric_names))
-        self._grow(end)
+        if commit:
+            self._grow(end)
+        elif end > self.capacity:  # closing: the exact length now, no doubling to undo
+            self._set_length(end)
         for name in new_names:
             path = f"{fmt.METRICS}/{name}"
             self._create_scalar(path, "float64", np.nan, self._scalar_chunk)
@@ -584,7 +587,8 @@ class StoreWriter:
         for name in self.metric_names:
             values = np.array([_as_float(m.get(name)) for m in metrics])
             self._write_scalar(f"{fmt.METRICS}/{name}", start, values)
-        self._sync_dirty()
+        if commit:
+            self._sync_dirty()
         self.written, self.pending = end, 0
         self._metrics = []
         self.flushes += 1
@@ -666,30 +670,31 @@ class StoreWriter:
         """Flush everything, trim the arrays to ``committed``, mark the store closed, and give
         the write lock back (also when one of these steps fails)."""
         try:
+            # Three rounds of syncs, whatever the run's length: (1) the data, the last shard's
+            # new index and the arrays' final lengths; (2) the cut of that shard (only after
+            # its new index is durable); (3) the commit.
             self.flush(commit=False)
-            self._finish_shards()
+            cut = self._finish_shards()
             if self.capacity != self.written:
                 high = self._high
                 self._set_length(self.written)
                 self._delete_beyond(high)
             self._sync_dirty()
+            _parallel([f.cut_and_sync if self.fsync else f.cut for f in cut])
+            self._close_files()
             self._commit(closed=True, writer=None)
         finally:
             self.release()
 
-    def _finish_shards(self) -> None:
-        """Fill-in-place: the last, partial shard lists only the chunks it holds (its index
-        is rewritten after them, made durable, then the file is cut; see ShardFile.finish)."""
+    def _finish_shards(self) -> list[ShardFile]:
+        """Fill-in-place: the last, partial shard is to list only the chunks it holds. Writes
+        its new index (ShardFile.finish) and returns the files to cut once that is durable."""
         files = list(self._files.values()) if self.written % self.k else []
         cut = [f for f in files if f.finish(self.fsync)]
-        if self.fsync:
-            _parallel([f.sync for f in cut])
         root = fmt.local_path(self.location)
         for f in files:
-            if f in cut:
-                f.cut()
             self._dirty.add(str(f.path.relative_to(root)))
-        self._close_files()
+        return cut
 
     def _delete_beyond(self, high: int) -> None:
         """Delete the chunks between ``committed`` and ``high`` (the longest the arrays have

@@ -27,6 +27,8 @@ class CaptureBuffer:
     flats: list[torch.Tensor]
     views: list[list[torch.Tensor]]
     events: list[object] = field(default_factory=list)
+    #: name -> numpy view of ``views`` (made once: the writer asks for it at every snapshot)
+    arrays: dict[str, np.ndarray] | None = None
 
     def wait(self) -> None:
         """Block until the (possibly asynchronous) copy into this buffer has finished."""
@@ -123,11 +125,13 @@ class CaptureLayout:
 
     def to_numpy(self, buf: CaptureBuffer) -> dict[str, np.ndarray]:
         """Name -> numpy view of ``buf`` in the stored dtype (bfloat16 as uint16 bits)."""
-        out: dict[str, np.ndarray] = {}
-        for (_, idx), views in zip(self.groups, buf.views, strict=True):
-            for i, v in zip(idx, views, strict=True):
-                out[self.names[i]] = _numpy_view(v)
-        return out
+        if buf.arrays is None:
+            out: dict[str, np.ndarray] = {}
+            for (_, idx), views in zip(self.groups, buf.views, strict=True):
+                for i, v in zip(idx, views, strict=True):
+                    out[self.names[i]] = _numpy_view(v)
+            buf.arrays = out
+        return buf.arrays
 
     def to_tensors(self, buf: CaptureBuffer) -> dict[str, torch.Tensor]:
         """Name -> an independent tensor copy of ``buf`` (for listeners that keep them)."""

@@ -171,7 +171,8 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"writer io    {io} ({_IO_TEXT.get(io, 'unknown')})")
     if isinstance(info.get("write_amplification"), (int, float)):
         lines.append(f"written      {info['write_amplification']:.2f} bytes per byte of data "
-                     f"(rewrites of partial shards at time flushes; for tiny models mostly the "
+                     f"(zarr path: rewrites of partial shards at time flushes; in place: "
+                     f"shard indexes and shared O_DIRECT pages; for tiny models mostly the "
                      f"fixed-size step/metric chunks)")
     if not info.get("verified"):
         lines.append("integrity    not verified (hyperlapse info --verify reads every snapshot)")

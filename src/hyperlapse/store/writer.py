@@ -1,26 +1,39 @@
-"""The single writer of a trajectory store: host-side buffering and the commit protocol.
+"""The single writer of a trajectory store: the commit protocol and its two IO paths.
 
 :class:`StoreWriter` is synchronous and single-threaded; the recorder drives it from its
 background thread. It holds the store's write lock (:mod:`hyperlapse.store.lock`) from opening
-to :meth:`StoreWriter.close`. Each snapshot of each parameter is compressed when it arrives
-(one inner chunk with its CRC32C, :mod:`hyperlapse.store.shards`) and kept until its shard is
-complete. A flush
+to :meth:`StoreWriter.close`. How a snapshot reaches the files (:attr:`StoreWriter.io_path`,
+stored in the attrs as ``writer_io``):
+
+* **fill-in-place** ("odirect" / "buffered"): local stores whose parameter chunks are
+  uncompressed (fixed size). Each shard file is created with its final size and index when its
+  first snapshot arrives, and every snapshot is written into its slot at once, from the
+  caller's array (:mod:`hyperlapse.store.inplace`): ``O_DIRECT`` from a page-aligned staging
+  buffer where the filesystem accepts it, else one buffered ``pwritev``. Per snapshot this is
+  one CRC32C and one write per parameter, whatever the run's length.
+* **zarr**: object stores and compressed stores. Each snapshot of each parameter is compressed
+  when it arrives (one inner chunk with its CRC32C, :mod:`hyperlapse.store.shards`) and kept
+  until its shard is complete; a flush writes the current shard object, assembled from the
+  kept bytes, through Zarr's store API (atomically replaced: temp file + rename, or one PUT).
+  A time flush writes a partial shard; the next flush writes it again with more inner chunks,
+  the committed ones byte for byte the same.
+
+A flush
 
 1. grows the arrays if the new length exceeds their capacity (geometrically: the capacity at
    least doubles, so array metadata is written O(log T) times in a run of T snapshots);
-2. writes the current shard object of every parameter (all its inner chunks so far, assembled
-   from the kept bytes) and the new entries of ``step``, ``wall_time`` and ``metrics/*``;
-3. with ``fsync=True``, fsyncs every file written in 1-2 (and their folders);
+2. writes the current shard objects (zarr path only) and the new entries of ``step``,
+   ``wall_time`` and ``metrics/*`` (one chunk each: constant cost);
+3. with ``fsync=True``, fsyncs every file written since the last commit (and new folders);
 4. writes the group attrs with the new ``committed`` (one atomic ``zarr.json`` replace), and
    fsyncs it.
 
 A flush happens when a shard is complete and at least every ``flush_every_s`` seconds while
-snapshots are pending. A time flush writes a partial shard; the next flush writes that shard
-object again with more inner chunks, the committed ones byte for byte the same (they are reused,
-not re-encoded). Stores replace an object atomically (``LocalStore``: temp file + rename; object
-stores: one PUT), so a crash at any point leaves the old or the new shard, both holding every
-committed snapshot. :meth:`StoreWriter.close` trims every array to ``committed``, so a closed
-store has exact shapes for xarray and plain Zarr.
+snapshots are pending. A crash at any point leaves every committed snapshot readable: readers
+trust ``committed`` only, never the arrays' shapes or slots past it. :meth:`StoreWriter.close`
+makes the last fill-in-place shard list only the chunks it holds and sets every array's length
+to ``committed`` (no chunk listing: the same cost at any T), so a closed store has exact shapes
+for xarray and plain Zarr.
 """
 
 from __future__ import annotations
@@ -89,9 +102,11 @@ class StoreWriter:
         fsync: fsync the data of every flush before its commit, and the commit itself (local
             folders; object stores acknowledge a PUT only once it is stored). ``False`` still
             survives a process crash, but not a power loss or a kernel crash.
-        compression: compressor of new stores' parameter chunks: "auto" (measured default per
-            dtype), "none", "lz4" or "zstd" (docs/recording.md has each one's cost). A resumed
-            store keeps the codecs it was created with.
+        compression: compressor of new stores' parameter chunks: "auto" (the measured
+            compressor per dtype), "none", "lz4" or "zstd" (docs/recording.md has each one's
+            cost). "none" on a local store selects the fill-in-place path (the recorder's
+            "auto" resolves to it there: ``format.resolve_compression``). A resumed store keeps
+            the codecs it was created with.
 
     Attributes:
         recording_cost: set by the recorder; when not ``None`` every commit stores it in the
@@ -757,7 +772,8 @@ class StoreWriter:
 
     @property
     def write_amplification(self) -> float:
-        """Bytes written per byte of snapshot data (1.0 plus the rewrites of partial shards)."""
+        """Bytes written per byte of snapshot data (1.0 plus rewrites: partial shards on the
+        zarr path; indexes and shared O_DIRECT pages in place)."""
         return self.bytes_written / max(self.payload_bytes, 1)
 
 

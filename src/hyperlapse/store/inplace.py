@@ -71,7 +71,7 @@ def direct_io_supported(folder: str | os.PathLike) -> bool:
     removed). False where the platform has no ``O_DIRECT`` or the filesystem refuses it."""
     if not _HAS_DIRECT:
         return False
-    probe = Path(folder) / f".odirect-probe-{uuid.uuid4().hex}"
+    probe = Path(folder) / f".odirect-probe-{uuid.uuid4().hex}.partial"  # tidied if left
     try:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_DIRECT, 0o644)
     except OSError:

@@ -394,7 +394,8 @@ class StoreWriter:
             codec is None and crc for name, (codec, crc) in codecs.items()
             if name not in self._empty
         )
-        if forced == "zarr" or fmt.is_url(self.location) or not fixed:
+        posix = all(hasattr(os, f) for f in ("pwrite", "pwritev", "pread", "fdatasync"))
+        if forced == "zarr" or fmt.is_url(self.location) or not fixed or not posix:
             return "zarr"
         root = fmt.local_path(self.location) / fmt.PARAMS
         if forced == "buffered" or not direct_io_supported(root):

@@ -168,9 +168,12 @@ class TrajectoryRecorder:
         fsync: fsync each flush's data before its commit and the commit itself (local
             stores), so committed snapshots survive a power loss; ``False`` keeps only the
             process-crash guarantee (measured cost: docs/recording.md).
-        compression: compressor of a new store's weights: "auto" (blosc-lz4 + bitshuffle for
-            float32, zstd for 16-bit dtypes), "none" (no CPU spent; the store keeps the raw
-            bytes), "lz4" or "zstd". A resumed store keeps its own. Costs: docs/recording.md.
+        compression: compressor of a new store's weights: "auto" ("none" on local stores,
+            whose snapshots are then written in place into preallocated shards, O_DIRECT where
+            the filesystem allows; blosc-lz4 + bitshuffle for float32 and zstd for 16-bit
+            dtypes on object stores), "none", "lz4" or "zstd". ``hyperlapse compact``
+            compresses a closed store. A resumed store keeps its own. Costs:
+            docs/recording.md.
         probes: a small batch of real inputs ``[B, n_0]`` (e.g. 64-256 held-out training
             examples) stored once with the run, so ``hyperlapse analyze`` measures the
             input-space geometry on the training distribution instead of Gaussian noise.

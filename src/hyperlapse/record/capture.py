@@ -71,13 +71,17 @@ class CaptureLayout:
         self.devices = sorted({t.device for t in tensors}, key=str)
         self.pinned = any(d.type == "cuda" for d in self.devices) and torch.cuda.is_available()
         self.logical_dtypes = [_logical(d) for d in self.target]
+        self._nbytes: int | None = None
 
     @property
     def nbytes(self) -> int:
-        return sum(
-            int(np.prod(s, dtype=np.int64)) * torch.empty((), dtype=d).element_size()
-            for s, d in zip(self.shapes, self.target, strict=True)
-        )
+        """Bytes of one snapshot (computed once: the writer thread asks at every snapshot)."""
+        if self._nbytes is None:
+            self._nbytes = sum(
+                int(np.prod(s, dtype=np.int64)) * torch.empty((), dtype=d).element_size()
+                for s, d in zip(self.shapes, self.target, strict=True)
+            )
+        return self._nbytes
 
     def new_buffer(self) -> CaptureBuffer:
         flats, views = [], []

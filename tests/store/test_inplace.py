@@ -280,7 +280,8 @@ def test_sigkill_of_an_odirect_writer_keeps_every_committed_snapshot(tmp_path) -
         proc.wait()
         proc.stdout.close()
         traj = open_trajectory(path)
-        assert traj.attrs["writer_io"] == "odirect"
+        if len(traj):  # stored with the first commit
+            assert traj.attrs["writer_io"] == "odirect"
         assert len(traj) >= committed  # a committed snapshot is never lost
         committed = len(traj)
         for t in range(committed):

@@ -17,13 +17,20 @@ __all__ = ["store_info", "format_info", "disk_usage", "human_size"]
 
 
 def disk_usage(location: str | os.PathLike, prefix: str = "") -> tuple[int, int]:
-    """(files, bytes) under a local folder: a store, one of its sub-folders, or any directory."""
+    """(files, bytes) under a local folder: a store, one of its sub-folders, or any directory.
+
+    A file counts with its size, or with the bytes allocated to it where that is less: a live
+    store's shard files are preallocated to their final size but hold only the snapshots
+    written so far (sparse).
+    """
     root = fmt.local_path(location) / prefix
     files = size = 0
     for dirpath, _, names in os.walk(root):
         for name in names:
             files += 1
-            size += os.path.getsize(os.path.join(dirpath, name))
+            st = os.stat(os.path.join(dirpath, name))
+            blocks = getattr(st, "st_blocks", None)
+            size += st.st_size if blocks is None else min(st.st_size, blocks * 512)
     return files, size
 
 

@@ -264,6 +264,7 @@ def test_writes_per_snapshot_and_at_close_do_not_grow_with_the_run(tmp_path, mon
     assert long_meta <= arrays * (int(np.log2(1022 / 4)) + 2)
 
 
+@pytest.mark.slow
 def test_sigkill_of_an_odirect_writer_keeps_every_committed_snapshot(tmp_path) -> None:
     if not inplace.direct_io_supported(tmp_path):
         pytest.skip("this filesystem refuses O_DIRECT")

@@ -27,6 +27,8 @@ class CaptureBuffer:
     flats: list[torch.Tensor]
     views: list[list[torch.Tensor]]
     events: list[object] = field(default_factory=list)
+    #: name -> numpy view of ``views`` (made once: the writer asks for it at every snapshot)
+    arrays: dict[str, np.ndarray] | None = None
 
     def wait(self) -> None:
         """Block until the (possibly asynchronous) copy into this buffer has finished."""
@@ -69,13 +71,17 @@ class CaptureLayout:
         self.devices = sorted({t.device for t in tensors}, key=str)
         self.pinned = any(d.type == "cuda" for d in self.devices) and torch.cuda.is_available()
         self.logical_dtypes = [_logical(d) for d in self.target]
+        self._nbytes: int | None = None
 
     @property
     def nbytes(self) -> int:
-        return sum(
-            int(np.prod(s, dtype=np.int64)) * torch.empty((), dtype=d).element_size()
-            for s, d in zip(self.shapes, self.target, strict=True)
-        )
+        """Bytes of one snapshot (computed once: the writer thread asks at every snapshot)."""
+        if self._nbytes is None:
+            self._nbytes = sum(
+                int(np.prod(s, dtype=np.int64)) * torch.empty((), dtype=d).element_size()
+                for s, d in zip(self.shapes, self.target, strict=True)
+            )
+        return self._nbytes
 
     def new_buffer(self) -> CaptureBuffer:
         flats, views = [], []
@@ -97,14 +103,21 @@ class CaptureLayout:
         On CUDA the copy is asynchronous; an event per device marks its end (see
         :meth:`CaptureBuffer.wait`). No ``.item()``, no device synchronisation.
         """
-        with torch.no_grad():
+        # Grad mode off as a plain call (no context-manager object) and no per-tensor
+        # ``detach()``: every torch call here releases and retakes the GIL, and retaking it
+        # while the writer thread runs Python can cost far more than the copy itself.
+        grad = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        try:
             for (_, idx), dst in zip(self.groups, buf.views, strict=True):
-                src = [tensors[i].detach() for i in idx]
+                src = [tensors[i] for i in idx] if len(idx) != len(tensors) else tensors
                 if self.pinned:  # device -> pinned host, asynchronous: per tensor, any device
                     for d, t in zip(dst, src, strict=True):
                         d.copy_(t, non_blocking=True)
                 else:  # host tensors (or devices without pinned memory): one fused copy
                     torch._foreach_copy_(dst, src)
+        finally:
+            torch.set_grad_enabled(grad)
         if self.pinned:
             events = []
             for device in self.devices:
@@ -116,11 +129,13 @@ class CaptureLayout:
 
     def to_numpy(self, buf: CaptureBuffer) -> dict[str, np.ndarray]:
         """Name -> numpy view of ``buf`` in the stored dtype (bfloat16 as uint16 bits)."""
-        out: dict[str, np.ndarray] = {}
-        for (_, idx), views in zip(self.groups, buf.views, strict=True):
-            for i, v in zip(idx, views, strict=True):
-                out[self.names[i]] = _numpy_view(v)
-        return out
+        if buf.arrays is None:
+            out: dict[str, np.ndarray] = {}
+            for (_, idx), views in zip(self.groups, buf.views, strict=True):
+                for i, v in zip(idx, views, strict=True):
+                    out[self.names[i]] = _numpy_view(v)
+            buf.arrays = out
+        return buf.arrays
 
     def to_tensors(self, buf: CaptureBuffer) -> dict[str, torch.Tensor]:
         """Name -> an independent tensor copy of ``buf`` (for listeners that keep them)."""

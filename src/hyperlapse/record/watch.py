@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from itertools import chain
 
 import torch
 from torch import nn
@@ -23,6 +24,8 @@ from torch import nn
 from ..errors import ConfigError
 
 __all__ = ["ModelWatch", "recorded_tensors"]
+
+_shape = operator.attrgetter("shape")
 
 
 def recorded_tensors(module: nn.Module, buffers: bool) -> list[tuple[str, torch.Tensor]]:
@@ -60,22 +63,22 @@ class ModelWatch:
         self._remember()
 
     def _remember(self) -> None:
-        self._dicts = []
+        dicts = []
         for m in self.module.modules():
-            ds = [m._parameters, m._modules]
-            if self.buffers:
-                ds.append(m._buffers)
-            self._dicts += [(d, tuple(d.values())) for d in ds]
+            dicts += [m._parameters, m._modules] + ([m._buffers] if self.buffers else [])
+        self._dicts = dicts
+        self._lens = list(map(len, dicts))
+        self._values = [v for d in dicts for v in d.values()]
 
     def changed(self) -> bool:
-        """Whether anything may have changed (cheap: shapes and object identities only)."""
-        for t, shape in zip(self.tensors, self.shapes, strict=True):
-            if t.shape != shape:
-                return True
-        for d, values in self._dicts:
-            if len(d) != len(values) or not all(map(operator.is_, d.values(), values)):
-                return True
-        return False
+        """Whether anything may have changed (cheap: shapes and object identities only, each
+        compared in one C-level pass: this runs on the training thread at every capture)."""
+        return (
+            list(map(_shape, self.tensors)) != self.shapes
+            or list(map(len, self._dicts)) != self._lens
+            or not all(map(operator.is_, chain.from_iterable(map(dict.values, self._dicts)),
+                           self._values))
+        )
 
     def check(self) -> list[str]:
         """Raise if the parameter set or a shape changed; follow replaced tensors.

@@ -104,6 +104,16 @@ def check_compression(compression: Any) -> str:
     return str(compression)
 
 
+def resolve_compression(compression: str, location: str | os.PathLike) -> str:
+    """The recorder's choice for ``compression="auto"``: "none" on local stores (fixed-size
+    chunks, written in place by the fast path; ``hyperlapse compact`` compresses a closed store
+    afterwards), the measured compressor per dtype on object stores (no fast path there;
+    compression saves upload bytes). Other choices are returned as they are."""
+    if compression == "auto" and not is_url(location):
+        return "none"
+    return compression
+
+
 def param_compressors(stored_dtype: str, compression: str = "auto") -> list[Any]:
     """The bytes-to-bytes codecs of a params array's inner chunks (version 2).
 

@@ -17,13 +17,20 @@ __all__ = ["store_info", "format_info", "disk_usage", "human_size"]
 
 
 def disk_usage(location: str | os.PathLike, prefix: str = "") -> tuple[int, int]:
-    """(files, bytes) under a local folder: a store, one of its sub-folders, or any directory."""
+    """(files, bytes) under a local folder: a store, one of its sub-folders, or any directory.
+
+    A file counts with its size, or with the bytes allocated to it where that is less: a live
+    store's shard files are preallocated to their final size but hold only the snapshots
+    written so far (sparse).
+    """
     root = fmt.local_path(location) / prefix
     files = size = 0
     for dirpath, _, names in os.walk(root):
         for name in names:
             files += 1
-            size += os.path.getsize(os.path.join(dirpath, name))
+            st = os.stat(os.path.join(dirpath, name))
+            blocks = getattr(st, "st_blocks", None)
+            size += st.st_size if blocks is None else min(st.st_size, blocks * 512)
     return files, size
 
 
@@ -108,6 +115,7 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
         "versions": attrs.get("versions"),
         "recording_cost": attrs.get("recording_cost"),
         "write_amplification": attrs.get("write_amplification"),
+        "writer_io": attrs.get("writer_io"),
         "writer": attrs.get("writer"),
         "writer_alive": writer_alive(attrs.get("writer")),
         "verified": verify,
@@ -165,9 +173,13 @@ def format_info(info: dict[str, Any]) -> str:
     cost = info.get("recording_cost")
     if isinstance(cost, dict) and cost:
         lines.append("recording    " + ", ".join(_cost_text(k, v) for k, v in cost.items()))
+    io = info.get("writer_io")
+    if io:
+        lines.append(f"writer io    {io} ({_IO_TEXT.get(io, 'unknown')})")
     if isinstance(info.get("write_amplification"), (int, float)):
         lines.append(f"written      {info['write_amplification']:.2f} bytes per byte of data "
-                     f"(rewrites of partial shards at time flushes; for tiny models mostly the "
+                     f"(zarr path: rewrites of partial shards at time flushes; in place: "
+                     f"shard indexes and shared O_DIRECT pages; for tiny models mostly the "
                      f"fixed-size step/metric chunks)")
     if not info.get("verified"):
         lines.append("integrity    not verified (hyperlapse info --verify reads every snapshot)")
@@ -179,6 +191,14 @@ def format_info(info: dict[str, Any]) -> str:
             where = "" if d["snapshot"] is None else f" snapshot {d['snapshot']}"
             lines.append(f"  {d['what']}{where}: {d['error']}")
     return "\n".join(lines)
+
+
+_IO_TEXT = {
+    "odirect": "snapshots written in place into preallocated shards, O_DIRECT from aligned "
+    "buffers; small tensors buffered",
+    "buffered": "snapshots written in place into preallocated shards, buffered pwrite",
+    "zarr": "shards assembled and written through Zarr's store API",
+}
 
 
 def _cost_text(key: str, value: Any) -> str:

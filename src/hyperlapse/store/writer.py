@@ -1,30 +1,44 @@
-"""The single writer of a trajectory store: host-side buffering and the commit protocol.
+"""The single writer of a trajectory store: the commit protocol and its two IO paths.
 
 :class:`StoreWriter` is synchronous and single-threaded; the recorder drives it from its
 background thread. It holds the store's write lock (:mod:`hyperlapse.store.lock`) from opening
-to :meth:`StoreWriter.close`. Each snapshot of each parameter is compressed when it arrives
-(one inner chunk with its CRC32C, :mod:`hyperlapse.store.shards`) and kept until its shard is
-complete. A flush
+to :meth:`StoreWriter.close`. How a snapshot reaches the files (:attr:`StoreWriter.io_path`,
+stored in the attrs as ``writer_io``):
+
+* **fill-in-place** ("odirect" / "buffered"): local stores whose parameter chunks are
+  uncompressed (fixed size). Each shard file is created with its final size and index when its
+  first snapshot arrives, and every snapshot is written into its slot at once, from the
+  caller's array (:mod:`hyperlapse.store.inplace`): ``O_DIRECT`` from a page-aligned staging
+  buffer where the filesystem accepts it, else one buffered ``pwritev``. Per snapshot this is
+  one CRC32C and one write per parameter, whatever the run's length.
+* **zarr**: object stores and compressed stores. Each snapshot of each parameter is compressed
+  when it arrives (one inner chunk with its CRC32C, :mod:`hyperlapse.store.shards`) and kept
+  until its shard is complete; a flush writes the current shard object, assembled from the
+  kept bytes, through Zarr's store API (atomically replaced: temp file + rename, or one PUT).
+  A time flush writes a partial shard; the next flush writes it again with more inner chunks,
+  the committed ones byte for byte the same.
+
+A flush
 
 1. grows the arrays if the new length exceeds their capacity (geometrically: the capacity at
    least doubles, so array metadata is written O(log T) times in a run of T snapshots);
-2. writes the current shard object of every parameter (all its inner chunks so far, assembled
-   from the kept bytes) and the new entries of ``step``, ``wall_time`` and ``metrics/*``;
-3. with ``fsync=True``, fsyncs every file written in 1-2 (and their folders);
+2. writes the current shard objects (zarr path only) and the new entries of ``step``,
+   ``wall_time`` and ``metrics/*`` (one chunk each: constant cost);
+3. with ``fsync=True``, fsyncs every file written since the last commit (and new folders);
 4. writes the group attrs with the new ``committed`` (one atomic ``zarr.json`` replace), and
    fsyncs it.
 
 A flush happens when a shard is complete and at least every ``flush_every_s`` seconds while
-snapshots are pending. A time flush writes a partial shard; the next flush writes that shard
-object again with more inner chunks, the committed ones byte for byte the same (they are reused,
-not re-encoded). Stores replace an object atomically (``LocalStore``: temp file + rename; object
-stores: one PUT), so a crash at any point leaves the old or the new shard, both holding every
-committed snapshot. :meth:`StoreWriter.close` trims every array to ``committed``, so a closed
-store has exact shapes for xarray and plain Zarr.
+snapshots are pending. A crash at any point leaves every committed snapshot readable: readers
+trust ``committed`` only, never the arrays' shapes or slots past it. :meth:`StoreWriter.close`
+makes the last fill-in-place shard list only the chunks it holds and sets every array's length
+to ``committed`` (no chunk listing: the same cost at any T), so a closed store has exact shapes
+for xarray and plain Zarr.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import math
 import os
@@ -44,6 +58,7 @@ from zarr.core.sync import sync
 
 from ..errors import ConfigError, CorruptStoreError, HyperlapseError, StoreError
 from . import format as fmt
+from .inplace import DIRECT_MIN_BYTES, PAGE, ShardFile, aligned_buffer, direct_io_supported
 from .lock import WriterLock
 from .shards import ChunkEncoder, assemble_shard, chunk_crc_ok, split_shard
 
@@ -87,9 +102,11 @@ class StoreWriter:
         fsync: fsync the data of every flush before its commit, and the commit itself (local
             folders; object stores acknowledge a PUT only once it is stored). ``False`` still
             survives a process crash, but not a power loss or a kernel crash.
-        compression: compressor of new stores' parameter chunks: "auto" (measured default per
-            dtype), "none", "lz4" or "zstd" (docs/recording.md has each one's cost). A resumed
-            store keeps the codecs it was created with.
+        compression: compressor of new stores' parameter chunks: "auto" (the measured
+            compressor per dtype), "none", "lz4" or "zstd" (docs/recording.md has each one's
+            cost). "none" on a local store selects the fill-in-place path (the recorder's
+            "auto" resolves to it there: ``format.resolve_compression``). A resumed store keeps
+            the codecs it was created with.
 
     Attributes:
         recording_cost: set by the recorder; when not ``None`` every commit stores it in the
@@ -137,6 +154,10 @@ class StoreWriter:
         self.flushes = 0
         self._dirty: set[str] = set()
         self._lock: WriterLock | None = None
+        #: how parameter snapshots reach the files ("odirect", "buffered" or "zarr"); set once
+        #: the arrays are open (:meth:`_choose_io`)
+        self.io_path: str | None = None
+        self._files: dict[str, ShardFile] = {}
         creating = False
         try:
             fresh = not fmt.store_exists(location) or _is_empty_dir(location)
@@ -222,6 +243,7 @@ class StoreWriter:
         self.last_step: int | None = None
         self.metric_names: list[str] = []
         self.capacity = self.k
+        self._high = self.capacity
         self._create_arrays()
 
     def _resume(self, attrs: dict[str, Any], architecture: dict[str, Any] | None) -> None:
@@ -263,6 +285,7 @@ class StoreWriter:
                     f"committed but the array '{path}' holds {size}. Record to a new path."
                 )
             self.capacity = min(shapes.values())
+        self._high = max(shapes.values()) if self.written else self.capacity
         steps = self.group[fmt.STEP]
         self.last_step = int(steps[self.written - 1]) if self.written else None
         self._commit(closed=False)
@@ -331,12 +354,28 @@ class StoreWriter:
     def _allocate_buffers(self) -> None:
         self._arrays = {p["name"]: self.group[f"{fmt.PARAMS}/{p['name']}"] for p in self.parameters}
         self._empty = {p["name"] for p in self.parameters if math.prod(p["shape"]) == 0}
-        self._encoders = {
-            name: ChunkEncoder(*_compressor(arr)) for name, arr in self._arrays.items()
-        }
-        # encoded inner chunks of the current shard, from its first snapshot on
+        codecs = {name: _compressor(arr) for name, arr in self._arrays.items()}
+        self._encoders = {name: ChunkEncoder(*c) for name, c in codecs.items()}
+        # encoded inner chunks of the current shard, from its first snapshot on (zarr path)
         self._chunks: dict[str, list[bytes]] = {name: [] for name in self._arrays}
-        if self.written % self.k:
+        self.io_path = self._choose_io(codecs)
+        if self.io_path != "zarr":
+            # fixed inner-chunk sizes: raw bytes + CRC32C
+            self._cs = {
+                name: math.prod(arr.shape[1:]) * arr.dtype.itemsize + 4
+                for name, arr in self._arrays.items()
+                if name not in self._empty
+            }
+            direct = self.io_path == "odirect"
+            self._direct = {n for n, cs in self._cs.items() if direct and cs >= DIRECT_MIN_BYTES}
+            self._stage = (
+                aligned_buffer(max(self._cs[n] for n in self._direct) + 2 * PAGE)
+                if self._direct
+                else None
+            )
+            if self.written % self.k:
+                self._resume_shards()
+        elif self.written % self.k:
             self._load_partial_shard()
         self._steps = np.empty(self.k, dtype=np.int64)
         self._walls = np.empty(self.k, dtype=np.float64)
@@ -344,6 +383,63 @@ class StoreWriter:
         self.pending = 0
         self._scalars = {p: self._handle(p) for p in self._array_paths()[len(self.parameters) :]}
         self._scalar_chunk = self._scalars[fmt.STEP].chunks[0]
+
+    def _choose_io(self, codecs: dict[str, tuple[Any, bool]]) -> str:
+        """"odirect" or "buffered" (fill-in-place shard files) for local stores whose parameter
+        chunks are uncompressed, else "zarr" (shards assembled and written through Zarr's store
+        API: object stores, compressed stores). ``HYPERLAPSE_WRITER_IO`` = "buffered" or "zarr"
+        forces a slower path (tests, diagnosis)."""
+        forced = os.environ.get("HYPERLAPSE_WRITER_IO", "auto")
+        fixed = all(
+            codec is None and crc for name, (codec, crc) in codecs.items()
+            if name not in self._empty
+        )
+        posix = all(hasattr(os, f) for f in ("pwrite", "pwritev", "pread", "fdatasync"))
+        if forced == "zarr" or fmt.is_url(self.location) or not fixed or not posix:
+            return "zarr"
+        root = fmt.local_path(self.location) / fmt.PARAMS
+        if forced == "buffered" or not direct_io_supported(root):
+            return "buffered"
+        return "odirect"
+
+    def _shard_file(self, name: str, shard: int) -> Path:
+        arr = self._arrays[name]
+        key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
+        return fmt.local_path(self.location) / fmt.PARAMS / name / key
+
+    def _start_shards(self, shard: int) -> None:
+        """Fill-in-place: close the previous shard files and start shard ``shard`` of every
+        parameter (its file gets its final size and index now)."""
+        self._close_files()
+        for name, cs in self._cs.items():
+            path = self._shard_file(name, shard)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stage = self._stage if name in self._direct else None
+            self._files[name] = ShardFile.create(path, self.k, cs, stage)
+            self.bytes_written += 16 * self.k + 4
+            self._dirty.add(str(path.relative_to(fmt.local_path(self.location))))
+
+    def _resume_shards(self) -> None:
+        """Fill-in-place, resuming inside a shard: continue its files where ``committed`` ends."""
+        self._close_files()
+        shard, n = divmod(self.written, self.k)
+        for name, cs in self._cs.items():
+            path = self._shard_file(name, shard)
+            stage = self._stage if name in self._direct else None
+            try:
+                self._files[name] = ShardFile.resume(path, self.k, cs, n, stage, self.fsync)
+            except (OSError, ValueError) as exc:
+                self._close_files()
+                raise CorruptStoreError(
+                    f"The store at '{self.location}' says {self.written} snapshots are "
+                    f"committed, but shard {shard} of '{name}' lacks some of them or fails its "
+                    f"checksum ({exc}). The store is damaged; record to a new path."
+                ) from exc
+
+    def _close_files(self) -> None:
+        files, self._files = self._files, {}
+        for f in files.values():
+            f.close()
 
     def _shard_path(self, name: str, shard: int) -> Any:
         arr = self._arrays[name]
@@ -397,6 +493,9 @@ class StoreWriter:
         if self.pending and (self.written + self.pending) % self.k == 0:
             self.flush()  # the previous shard is complete: write it whole
         i = self.pending
+        inplace = self.io_path != "zarr"
+        if inplace and (self.written + i) % self.k == 0:
+            self._start_shards((self.written + i) // self.k)
         finite = True
         for p in self.parameters:
             name = p["name"]
@@ -405,7 +504,14 @@ class StoreWriter:
                 finite = bool(np.isfinite(value).all())
             elif finite and p["dtype"] == "bfloat16":
                 finite = not _bf16_nonfinite(value)
-            chunk = b"" if name in self._empty else self._encoders[name](value)
+            if name in self._empty:
+                chunk = b""
+            elif inplace:  # straight from the caller's array into the shard file
+                self.bytes_written += self._files[name].write(_raw_bytes(value))
+                self.payload_bytes += self._cs[name]
+                continue
+            else:
+                chunk = self._encoders[name](value)
             self.payload_bytes += len(chunk)
             self._chunks[name].append(chunk)
         self._steps[i] = step
@@ -429,16 +535,33 @@ class StoreWriter:
             return
         new = max(end, 2 * self.capacity)
         new = -(-new // self.k) * self.k
-        for path in self._array_paths():
-            arr = self._arrays[path.split("/", 1)[1]] if path.startswith(fmt.PARAMS) else (
-                self._scalars[path]
-            )
-            arr.resize((new, *arr.shape[1:]))
-            self._dirty.add(f"{path}/zarr.json")
-        self.capacity = new
+        self._set_length(new)
 
-    def flush(self) -> None:
-        """Write the pending rows and commit them (data first, ``committed`` last)."""
+    def _set_length(self, length: int) -> None:
+        """Set every array's length (one metadata write each, concurrently). Chunks are not
+        listed or deleted here, so this costs the same at any run length."""
+        arrays = {}
+        for path in self._array_paths():
+            arrays[path] = self._arrays[path.split("/", 1)[1]] if path.startswith(
+                fmt.PARAMS
+            ) else self._scalars[path]
+            self._dirty.add(f"{path}/zarr.json")
+
+        async def resize_all() -> None:
+            await asyncio.gather(*(
+                arr.async_array.resize((length, *arr.shape[1:]), delete_outside_chunks=False)
+                for arr in arrays.values()
+            ))
+
+        sync(resize_all())
+        self.capacity = length
+        self._high = max(self._high, length)
+
+    def flush(self, commit: bool = True) -> None:
+        """Write the pending rows and commit them (data first, ``committed`` last).
+
+        ``commit=False`` writes them but neither syncs nor commits (:meth:`close` syncs
+        everything together and commits once, after trimming)."""
         n, start = self.pending, self.written
         self._last_flush = time.monotonic()
         if n == 0:
@@ -447,7 +570,10 @@ class StoreWriter:
         self._check_lease()
         metrics = [m() if callable(m) else m for m in self._metrics]
         new_names = sorted({k for m in metrics for k in m} - set(self.metric_names))
-        self._grow(end)
+        if commit:
+            self._grow(end)
+        elif end > self.capacity:  # closing: the exact length now, no doubling to undo
+            self._set_length(end)
         for name in new_names:
             path = f"{fmt.METRICS}/{name}"
             self._create_scalar(path, "float64", np.nan, self._scalar_chunk)
@@ -456,7 +582,7 @@ class StoreWriter:
                 self._write_scalar(path, 0, np.full(start, np.nan))
         self.metric_names += new_names
         shard = start // self.k
-        for name in self._arrays:
+        for name in self._arrays if self.io_path == "zarr" else ():
             if name in self._empty:
                 continue
             data = assemble_shard(self._chunks[name], self.k)
@@ -467,16 +593,23 @@ class StoreWriter:
         for name in self._arrays:
             if end % self.k == 0:
                 self._chunks[name] = []
+        root = fmt.local_path(self.location)
+        for f in self._files.values():  # fill-in-place: written at append, made durable here
+            if f.dirty:
+                self._dirty.add(str(f.path.relative_to(root)))
+                f.dirty = False
         self._write_scalar(fmt.STEP, start, self._steps[:n])
         self._write_scalar(fmt.WALL_TIME, start, self._walls[:n])
         for name in self.metric_names:
             values = np.array([_as_float(m.get(name)) for m in metrics])
             self._write_scalar(f"{fmt.METRICS}/{name}", start, values)
-        self._sync_dirty()
+        if commit:
+            self._sync_dirty()
         self.written, self.pending = end, 0
         self._metrics = []
         self.flushes += 1
-        self._commit()
+        if commit:
+            self._commit()
 
     def _write_scalar(self, path: str, start: int, values: np.ndarray) -> None:
         arr = self._scalars[path]
@@ -519,6 +652,7 @@ class StoreWriter:
             "nonfinite": self.nonfinite,
             "writer": owner,
             "write_amplification": round(self.write_amplification, 3),
+            **({"writer_io": self.io_path} if self.io_path is not None else {}),
             **extra,
         }
         if self.recording_cost is not None:
@@ -543,27 +677,62 @@ class StoreWriter:
             self._commit()
             self.last_step = int(steps[keep - 1]) if keep else None
             self._chunks = {name: [] for name in self._arrays}
+            self._close_files()
             if keep % self.k:
-                self._load_partial_shard()
+                self._resume_shards() if self.io_path != "zarr" else self._load_partial_shard()
         return self.written
 
     def close(self) -> None:
         """Flush everything, trim the arrays to ``committed``, mark the store closed, and give
         the write lock back (also when one of these steps fails)."""
         try:
-            self.flush()
+            # Three rounds of syncs, whatever the run's length: (1) the data, the last shard's
+            # new index and the arrays' final lengths; (2) the cut of that shard (only after
+            # its new index is durable); (3) the commit.
+            self.flush(commit=False)
+            cut = self._finish_shards()
             if self.capacity != self.written:
-                for path in self._array_paths():
-                    arr = self._arrays[path.split("/", 1)[1]] if path.startswith(
-                        fmt.PARAMS
-                    ) else self._scalars[path]
-                    arr.resize((self.written, *arr.shape[1:]))
-                    self._dirty.add(f"{path}/zarr.json")
-                self.capacity = self.written
-                self._sync_dirty()
+                high = self._high
+                self._set_length(self.written)
+                self._delete_beyond(high)
+            self._sync_dirty()
+            _parallel([f.cut_and_sync if self.fsync else f.cut for f in cut])
+            self._close_files()
             self._commit(closed=True, writer=None)
         finally:
             self.release()
+
+    def _finish_shards(self) -> list[ShardFile]:
+        """Fill-in-place: the last, partial shard is to list only the chunks it holds. Writes
+        its new index (ShardFile.finish) and returns the files to cut once that is durable."""
+        files = list(self._files.values()) if self.written % self.k else []
+        cut = [f for f in files if f.finish(self.fsync)]
+        root = fmt.local_path(self.location)
+        for f in files:
+            self._dirty.add(str(f.path.relative_to(root)))
+        return cut
+
+    def _delete_beyond(self, high: int) -> None:
+        """Delete the chunks between ``committed`` and ``high`` (the longest the arrays have
+        been): stale after a truncation, never read. Bounded by ``high - committed``."""
+        n = self.written
+        deletes = []
+        for path in self._array_paths():
+            arr = self._arrays[path.split("/", 1)[1]] if path.startswith(
+                fmt.PARAMS
+            ) else self._scalars[path]
+            c = arr.metadata.chunk_grid.chunk_shape[0] if not path.startswith(fmt.PARAMS) else (
+                self.k
+            )
+            for i in range(-(-n // c), -(-high // c)):
+                key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
+                deletes.append(arr.store_path / key)
+
+        async def delete_all() -> None:
+            await asyncio.gather(*(key.delete() for key in deletes))
+
+        if deletes:
+            sync(delete_all())
 
     def write_probes(self, probes: np.ndarray) -> bool:
         """Store a small batch of probe inputs ``[B, n_0]`` with the run (once: a resumed run
@@ -596,6 +765,7 @@ class StoreWriter:
 
     def release(self) -> None:
         """Give the write lock back without committing anything (idempotent)."""
+        self._close_files()
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
@@ -603,18 +773,20 @@ class StoreWriter:
 
     @property
     def write_amplification(self) -> float:
-        """Bytes written per byte of snapshot data (1.0 plus the rewrites of partial shards)."""
+        """Bytes written per byte of snapshot data (1.0 plus rewrites: partial shards on the
+        zarr path; indexes and shared O_DIRECT pages in place)."""
         return self.bytes_written / max(self.payload_bytes, 1)
 
 
-def short_flush_warning(flush_every_s: float | None) -> str | None:
-    """The warning text for a ``flush_every_s`` short enough to amplify writes, else ``None``.
+def short_flush_warning(flush_every_s: float | None, io_path: str = "zarr") -> str | None:
+    """The warning text for a ``flush_every_s`` short enough to amplify writes, else ``None``
+    (always ``None`` for the fill-in-place paths, where a time flush rewrites nothing).
 
     Callers on the training thread (the recorder) emit it; the writer itself only counts the
     amplification (:attr:`StoreWriter.write_amplification`), since it runs on a background
     thread where a warning turned into an error would stop the recording.
     """
-    if flush_every_s is None or not 0 < flush_every_s < SHORT_FLUSH_S:
+    if io_path != "zarr" or flush_every_s is None or not 0 < flush_every_s < SHORT_FLUSH_S:
         return None
     return (
         f"flush_every_s={flush_every_s} rewrites the current partial shard every "
@@ -633,6 +805,16 @@ def _check_parameters(parameters: list[dict[str, Any]]) -> None:
                 f"{list(fmt.SUPPORTED_DTYPES)}, but '{p['name']}' is {p['dtype']}. Record "
                 f"without it (e.g. buffers=False) or convert it; nothing was written."
             )
+
+
+def _parallel(calls: list[Callable[[], Any]]) -> None:
+    """Run blocking calls (fsyncs) concurrently: the disk handles them together."""
+    if len(calls) > 1:
+        with ThreadPoolExecutor(min(8, len(calls))) as pool:
+            for future in [pool.submit(call) for call in calls]:
+                future.result()
+    elif calls:
+        calls[0]()
 
 
 def _fsync(path: Path) -> None:
@@ -664,6 +846,15 @@ def _compressor(array: zarr.Array) -> tuple[Any, bool]:
     ):
         raise StoreError(f"Unsupported inner codecs {inner} in '{array.path}'.")
     return (inner[1] if len(inner) == 2 else None), crc
+
+
+def _raw_bytes(value: np.ndarray) -> np.ndarray:
+    """The little-endian bytes of one snapshot of a parameter as a flat uint8 view (a copy
+    only where the array is not contiguous or not little-endian)."""
+    data = np.ascontiguousarray(value)
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("<"))
+    return data.reshape(-1).view(np.uint8)
 
 
 def _as_float(value: Any) -> float:

@@ -1,0 +1,32 @@
+"""Child of test_inplace.py: records snapshots whose weights depend only on their step (an
+O_DIRECT-sized weight), resuming the store it finds, until it is SIGKILLed."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from hyperlapse import TrajectoryRecorder
+
+
+def main(path: str) -> None:
+    torch.set_num_threads(1)
+    model = nn.Linear(128, 160)
+    rec = TrajectoryRecorder(path, model, snapshots_per_chunk=8, flush_every_s=0.1)
+    step = -1 if rec.writer.committed == 0 else rec.current_step
+    print("ready", flush=True)
+    while True:
+        step += 1
+        with torch.no_grad():
+            weight = np.random.default_rng(step).standard_normal((160, 128)).astype(np.float32)
+            model.weight.copy_(torch.from_numpy(weight))
+        rec.capture(step=step)
+        time.sleep(0.002)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

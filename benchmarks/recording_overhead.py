@@ -18,7 +18,9 @@ and 2,000 steps, with these variants:
                                (tmpfs) it falls back to buffered writes and the results say so;
 * ``torch_save_{10,1}``        ``torch.save(model.state_dict(), f)`` per snapshot, one file each.
 
-Every variant takes the same snapshots (step 0, then every 10 steps or every step). Setup
+Every timed loop starts after an ``os.sync()`` (untimed), so no variant pays for the write-back
+of the one before it. Every variant takes the same snapshots (step 0, then every 10 steps or
+every step). Setup
 (creating the recorder, opening and preallocating the floor's file) is timed apart and not in
 the loop; a floor's final ``fsync`` is timed apart too (the floors, as in the issue, are not
 fsynced in the loop). Ratios are per repeat against the ``bare`` run of the same repeat;
@@ -256,6 +258,10 @@ def run_once(
             torch.save(model.state_dict(), out / f"step{i:06d}.pt")
 
     setup_s = time.perf_counter() - ts
+    # Start every timed loop with no dirty pages: the previous variant's unsynced writes
+    # (torch.save, the floors) would otherwise be written back during this one, and on ext4
+    # an fsync in this loop waits for the journal that carries them.
+    os.sync()
     gc.collect()
     cpu0 = time.process_time()
     t0 = time.perf_counter()

@@ -50,7 +50,7 @@ def _snapshot(t: int) -> dict[str, np.ndarray]:
 def io(request, monkeypatch, tmp_path) -> str:
     if request.param == "odirect" and not inplace.direct_io_supported(tmp_path):
         pytest.skip("this filesystem refuses O_DIRECT")
-    monkeypatch.setenv("HYPERLAPSE_WRITER_IO", "auto" if request.param == "odirect" else "buffered")
+    monkeypatch.setenv("HYPERLAPSE_WRITER_IO", request.param)
     return request.param
 
 
@@ -148,7 +148,7 @@ def test_resume_of_a_closed_or_zarr_written_store_mid_shard(tmp_path, io, monkey
     w = _writer(path)
     _append(w, range(6))
     w.close()  # compact shards written through zarr
-    monkeypatch.setenv("HYPERLAPSE_WRITER_IO", "auto" if io == "odirect" else "buffered")
+    monkeypatch.setenv("HYPERLAPSE_WRITER_IO", io)
     w = _writer(path)
     assert w.io_path == io
     _append(w, range(6, 13))
@@ -173,8 +173,12 @@ def test_damaged_committed_chunk_refuses_resume(tmp_path, io) -> None:
         _writer(path)
 
 
-def test_probe_refusal_falls_back_to_buffered(tmp_path, monkeypatch) -> None:
+def test_default_path_is_buffered_and_a_refused_odirect_falls_back(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("HYPERLAPSE_WRITER_IO", raising=False)
+    w = _writer(tmp_path / "default.zarr")
+    assert w.io_path == "buffered"  # the measured default (StoreWriter._choose_io)
+    w.close()
+    monkeypatch.setenv("HYPERLAPSE_WRITER_IO", "odirect")
     monkeypatch.setattr("hyperlapse.store.writer.direct_io_supported", lambda folder: False)
     path = tmp_path / "run.zarr"
     w = _writer(path)
@@ -272,8 +276,9 @@ def test_sigkill_of_an_odirect_writer_keeps_every_committed_snapshot(tmp_path) -
     child = Path(__file__).parent / "_inplace_child.py"
     committed = 0
     for kill in range(4):
+        env = {**os.environ, "HYPERLAPSE_WRITER_IO": "odirect"}
         proc = subprocess.Popen([sys.executable, str(child), str(path)], stdout=subprocess.PIPE,
-                                text=True)
+                                text=True, env=env)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.3 + 0.2 * kill)

@@ -8,8 +8,9 @@ stored in the attrs as ``writer_io``):
 * **fill-in-place** ("odirect" / "buffered"): local stores whose parameter chunks are
   uncompressed (fixed size). Each shard file is created with its final size and index when its
   first snapshot arrives, and every snapshot is written into its slot at once, from the
-  caller's array (:mod:`hyperlapse.store.inplace`): ``O_DIRECT`` from a page-aligned staging
-  buffer where the filesystem accepts it, else one buffered ``pwritev``. Per snapshot this is
+  caller's array (:mod:`hyperlapse.store.inplace`): one buffered ``pwritev`` (the default), or
+  with ``HYPERLAPSE_WRITER_IO=odirect`` ``O_DIRECT`` from a page-aligned staging buffer where
+  the filesystem accepts it (see :meth:`StoreWriter._choose_io` for why). Per snapshot this is
   one CRC32C and one write per parameter, whatever the run's length.
 * **zarr**: object stores and compressed stores. Each snapshot of each parameter is compressed
   when it arrives (one inner chunk with its CRC32C, :mod:`hyperlapse.store.shards`) and kept
@@ -385,10 +386,17 @@ class StoreWriter:
         self._scalar_chunk = self._scalars[fmt.STEP].chunks[0]
 
     def _choose_io(self, codecs: dict[str, tuple[Any, bool]]) -> str:
-        """"odirect" or "buffered" (fill-in-place shard files) for local stores whose parameter
+        """"buffered" or "odirect" (fill-in-place shard files) for local stores whose parameter
         chunks are uncompressed, else "zarr" (shards assembled and written through Zarr's store
-        API: object stores, compressed stores). ``HYPERLAPSE_WRITER_IO`` = "buffered" or "zarr"
-        forces a slower path (tests, diagnosis)."""
+        API: object stores, compressed stores).
+
+        Buffered ``pwrite`` is the default: measured on the 2-core machine
+        (benchmarks/results/recording_overhead.md), ``O_DIRECT`` writes from the background
+        thread slowed a 784-2048-10 loop recorded every 10 steps by +69 % against +24 %
+        buffered, and were no better at 784-256-256-10. ``HYPERLAPSE_WRITER_IO`` = "odirect"
+        asks for ``O_DIRECT`` (it wins where writes come fast enough to hit the kernel's
+        dirty-page throttling, e.g. a wide model recorded every step; buffered where the
+        filesystem refuses it); "buffered" or "zarr" force a path (tests, diagnosis)."""
         forced = os.environ.get("HYPERLAPSE_WRITER_IO", "auto")
         fixed = all(
             codec is None and crc for name, (codec, crc) in codecs.items()
@@ -398,7 +406,7 @@ class StoreWriter:
         if forced == "zarr" or fmt.is_url(self.location) or not fixed or not posix:
             return "zarr"
         root = fmt.local_path(self.location) / fmt.PARAMS
-        if forced == "buffered" or not direct_io_supported(root):
+        if forced != "odirect" or not direct_io_supported(root):
             return "buffered"
         return "odirect"
 

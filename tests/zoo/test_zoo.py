@@ -11,6 +11,7 @@ import torch
 import hyperlapse
 from hyperlapse.cli import main
 from hyperlapse.errors import ConfigError, NotAStoreError, StoreError
+from hyperlapse.store.info import format_info, store_info
 from hyperlapse.zoo import ZOOS, PopulationMLP, build_zoo, open_zoo
 from hyperlapse.zoo.builders import ZooSpec
 from hyperlapse.zoo.population import population_recorder, run_generator
@@ -100,6 +101,8 @@ def test_zoo_layout_labels_and_views(sines_zoo):
     assert traj.architecture == {"kind": "population", "runs": 4,
                                  "member": traj.attrs["population"]["architecture"]}
     assert hyperlapse.open_trajectory(zoo.folder / "block-0001.zarr").architecture["runs"] == 2
+    text = format_info(store_info(zoo.folder / "block-0000.zarr"))
+    assert "architecture population of 4 MLPs 1-32-32-1" in text
     run = zoo[5]  # second run of the second block
     assert len(run) == 21 and run.steps[-1] == 400
     assert np.array_equal(run.weights("2.weight"), np.asarray(

@@ -139,9 +139,14 @@ _NOT_CLOSED = "no (the writer did not close: it crashed or is still running)"
 def format_info(info: dict[str, Any]) -> str:
     """Human-readable text of :func:`store_info`'s dict."""
     arch = "not an MLP (no graph analysis)"
+    described = info["architecture"] or {}
     if info["widths"]:
-        acts = [layer["activation"] or "-" for layer in info["architecture"]["layers"]]
+        acts = [layer["activation"] or "-" for layer in described["layers"]]
         arch = f"MLP {'-'.join(map(str, info['widths']))} (activations: {', '.join(acts)})"
+    elif described.get("kind") == "population":
+        widths = "-".join(map(str, (described.get("member") or {}).get("widths") or []))
+        arch = (f"population of {described.get('runs')} MLPs {widths} (read its runs with "
+                "hyperlapse.zoo.open_zoo)")
     lines = [
         f"store        {info['path']}",
         f"format       {info['format']} v{info['version']} (created {info['created']})",

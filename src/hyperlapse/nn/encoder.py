@@ -340,17 +340,36 @@ class TemporalEncoder(nn.Module):
             ``(z_t [N, d], new_state)``.
         """
         snap = self.prepare(graph)
-        m = self.manifold
         change = None
         if self.config.velocity:
             change = change_features(snap, state.edge_weight, 1.0 if gap is None else gap)
+        return self._advance(snap, state, change, None, return_attention, detach)
+
+    def _advance(
+        self,
+        snap: Snapshot,
+        state: EncoderState,
+        change: Tensor | None,
+        batch: GraphBatch | None,
+        return_attention: bool,
+        detach: bool,
+    ) -> tuple[Tensor, EncoderState]:
+        """The body shared by :meth:`step` and :meth:`step_batch`: attention layers with evolved
+        kernels, window attention, the GRU cell and the new state. With ``batch``, the layer
+        summaries (and so the kernels) are per graph."""
+        m = self.manifold
         h = self.input_embedding(snap, change)
         summaries, kernel_states, attention = [], [], []
         for l, (layer, evolve) in enumerate(zip(self.attention, self.evolution, strict=True)):
             delta, u = evolve(state.summaries[l], state.kernel_states[l])
-            summaries.append(layer_summary(h, manifold=m))
+            if batch is None:
+                summaries.append(layer_summary(h, manifold=m))
+            else:
+                summaries.append(
+                    scatter(logmap0(h, manifold=m), batch.batch, batch.num_graphs, "mean")
+                )
             kernel_states.append(u)
-            h, alpha = layer(h, snap.msg_edge_index, snap.msg_edge_attr, delta)
+            h, alpha = layer(h, snap.msg_edge_index, snap.msg_edge_attr, delta, batch=batch)
             attention.append(alpha)
         window = stack_window(state.history[-self.config.window :], like=h)
         if self.config.window == 0:
@@ -449,36 +468,12 @@ class TemporalEncoder(nn.Module):
                 f"Expected a state of {batch.num_graphs} runs (init_batch_state), but it holds "
                 f"{rows}."
             )
-        m = self.manifold
         change = None
         if self.config.velocity:
             change = change_features(
                 snap, state.edge_weight, 1.0 if gaps is None else gaps.to(snap.x)
             )
-        h = self.input_embedding(snap, change)
-        summaries, kernel_states = [], []
-        for l, (layer, evolve) in enumerate(zip(self.attention, self.evolution, strict=True)):
-            delta, u = evolve(state.summaries[l], state.kernel_states[l])
-            summaries.append(
-                scatter(logmap0(h, manifold=m), batch.batch, batch.num_graphs, "mean")
-            )
-            kernel_states.append(u)
-            h, _ = layer(h, snap.msg_edge_index, snap.msg_edge_attr, delta, batch=batch)
-        window = stack_window(state.history[-self.config.window :], like=h)
-        if self.config.window == 0:
-            window = window[:0]
-        s, _ = self.window(window)
-        z, hidden = self.cell(h, s)
-        history = (state.history + [hidden])[-self.config.window :] if self.config.window else []
-        new = EncoderState(
-            t=state.t + 1,
-            summaries=summaries,
-            kernel_states=kernel_states,
-            history=history,
-            z=z,
-            edge_weight=snap.edge_weight if self.config.velocity else None,
-        )
-        return z, (new.detach() if detach else new)
+        return self._advance(snap, state, change, batch, False, detach)
 
     # ----------------------------------------------------------------------------- embed
     def embed(

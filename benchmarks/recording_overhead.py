@@ -414,6 +414,18 @@ def summarise_group(
 
 
 # -- close() and growth ----------------------------------------------------------------------
+def _fixed_step_layer(
+    n_in: int, n_out: int, grad: float
+) -> tuple[nn.Linear, torch.optim.Optimizer]:
+    """A seeded linear layer whose ``opt.step()`` changes every weight by ``-grad`` (a constant
+    gradient, no forward/backward): recording cost without training cost."""
+    torch.manual_seed(0)
+    model = nn.Linear(n_in, n_out)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, grad)
+    return model, torch.optim.SGD(model.parameters(), lr=1.0)
+
+
 def close_1mb(root: Path, repeats: int, snapshots: int, rng: random.Random) -> dict[str, Any]:
     """``close()`` of a run of ``snapshots`` snapshots of a 512x512 linear layer (~1 MB)."""
     comps = [DEFAULT_COMPRESSION, "none"] if DEFAULT_COMPRESSION != "none" else ["none"]
@@ -422,11 +434,7 @@ def close_1mb(root: Path, repeats: int, snapshots: int, rng: random.Random) -> d
         order = comps[:]
         rng.shuffle(order)
         for comp in order:
-            torch.manual_seed(0)
-            model = nn.Linear(512, 512)
-            for p in model.parameters():
-                p.grad = torch.full_like(p, 1e-3)
-            opt = torch.optim.SGD(model.parameters(), lr=1.0)
+            model, opt = _fixed_step_layer(512, 512, 1e-3)
             path = root / f"close1mb_{comp}.zarr"
             rec = TrajectoryRecorder(path, model, every=1, compression=comp)
             t0 = time.perf_counter()
@@ -471,11 +479,7 @@ def long_run(
 ) -> dict[str, Any]:
     """Record every step of a 16-8 linear layer (trivial SGD update) for ``snapshots``
     snapshots; the cost per snapshot in windows, and ``close()``."""
-    torch.manual_seed(0)
-    model = nn.Linear(16, 8)
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 1e-6)
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    model, opt = _fixed_step_layer(16, 8, 1e-6)
     path = root / f"long_{compression}.zarr"
     rec = TrajectoryRecorder(path, model, every=1, compression=compression)
     # (snapshot, wall, training-thread CPU, writer CPU, training blocked): CPU seconds do not

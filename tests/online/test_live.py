@@ -95,12 +95,14 @@ def test_live_report_catches_up_from_the_store_instead_of_dropping(
 def test_live_report_without_catch_up_drops_and_counts(tmp_path, monkeypatch):
     import hyperlapse.record.recorder as recorder_module
 
-    monkeypatch.setattr(recorder_module, "_REPORT_QUEUE", 1)
+    # the recorder's hand-over queue holds every snapshot, so the drops are the LiveReport's
+    # own (with a short queue, a loaded machine could drop them all before the LiveReport)
+    monkeypatch.setattr(recorder_module, "_REPORT_QUEUE", 64)
     gate = threading.Event()
     original = session_mod.ReportSession.process
 
     def held_process(self, *args, **kwargs):
-        gate.wait(10)  # held until training is done: the queues overflow
+        gate.wait(10)  # held until every snapshot was handed over: max_pending overflows
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(session_mod.ReportSession, "process", held_process)
@@ -109,9 +111,13 @@ def test_live_report_without_catch_up_drops_and_counts(tmp_path, monkeypatch):
                       catch_up=False, **FAST)
     with TrajectoryRecorder(tmp_path / "r.zarr", model, every=1, report=live) as rec:
         _train(model, rec, 20)
+        deadline = time.monotonic() + 10
+        while live.received < 21 and time.monotonic() < deadline:
+            time.sleep(0.01)
         gate.set()
     traj = open_trajectory(tmp_path / "r.zarr")
-    assert live.from_store == 0 and live.dropped > 0
+    assert traj.attrs["report_dropped"] == 0
+    assert live.from_store == 0 and live.dropped >= 21 - 1 - 2  # one in process, two pending
     # every snapshot was reported, dropped by the LiveReport, or not handed over
     assert len(live.reports) + live.dropped + traj.attrs["report_dropped"] == len(traj) == 21
     steps = [r["step"] for r in live.reports]

@@ -22,6 +22,8 @@ a seed:
 Normalisation (:func:`probe_node_features`, ``normalise``):
 
 * ``"none"``: the raw values;
+* ``"asinh"``: ``asinh(v)`` elementwise (about ``v`` near 0, ``log 2|v|`` for large ``|v|``:
+  unbounded values are compressed, monotonically, without a data-dependent scale);
 * ``"layer"``: each layer's values divided by their root mean square over the layer's neurons
   and the probes when it exceeds 1 (bounded activations such as sine and tanh stay as they
   are, and the values an INR outputs keep their scale; unbounded ones, ReLU layers and logits,
@@ -45,7 +47,7 @@ __all__ = ["PROBE_KINDS", "PROBE_NORMALISATIONS", "probe_inputs", "probe_node_fe
            "probe_outputs"]
 
 PROBE_KINDS = ("auto", "grid", "uniform", "normal")
-PROBE_NORMALISATIONS = ("layer", "none")
+PROBE_NORMALISATIONS = ("layer", "asinh", "none")
 
 
 def _grid_side(count: int, dim: int) -> int | None:
@@ -134,7 +136,9 @@ def probe_node_features(state: Mapping[str, Tensor], architecture: Mapping[str, 
     rows = []
     for h in probe_outputs(state, architecture, probes):
         h = h.T  # [n_l, P]
-        if normalise == "layer" and h.numel():
+        if normalise == "asinh":
+            h = torch.asinh(h)
+        elif normalise == "layer" and h.numel():
             rms = h.pow(2).mean().sqrt()
             if math.isfinite(float(rms)) and rms > 1.0:
                 h = h / rms

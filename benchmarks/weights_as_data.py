@@ -519,6 +519,17 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     if results.get("encoder_config"):
         lines += [f"Encoder budget (EncoderFeatures options): {results['encoder_config']}.", ""]
+    P = results.get("config", {}).get("probes")
+    if P:
+        lines += [
+            f"Probe rows: {P} probe inputs, fixed (hyperlapse.nn.probes.probe_inputs, kind "
+            f"'auto'): for the 2-D INRs the 8 x 8 grid over [-1, 1]^2, i.e. the pixel "
+            f"coordinates the INRs were fitted on; for the 1-D sines a grid over [-1, 1]; for "
+            f"the 64-D digit classifiers seeded N(0, 1) inputs. 'probe outputs' rows give the "
+            f"network's outputs on them (for an INR: its image at the probe points) to the "
+            f"row's model: the strongest trivial predictor of the probe-reading encoder "
+            f"('encoder + {P} probes', node features normalised per layer, probe_norm "
+            f"'layer'). The encoder's cost rows above use the probe features.", ""]
     if "permutation_rows_note" in results:
         lines.append(f"Note: {results['permutation_rows_note']}.")
     if "encoder_permutation_note" in results:

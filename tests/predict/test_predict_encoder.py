@@ -191,3 +191,17 @@ def test_bad_probe_options_are_clear():
     with pytest.raises(ArchitectureError, match="'swish'"):
         fit_predictor(runs, scales, "rank", features="encoder",
                       feature_options={**FAST, "epochs": 1, "probes": 4})
+
+
+def test_cli_fit_with_probes(tmp_path, capsys):
+    for i, lr in enumerate(np.linspace(0.001, 0.2, 6)):
+        _record(tmp_path / f"run{i}.zarr", i, float(lr))
+    runs = str(tmp_path / "run*.zarr")
+    for extra in (["--features", "encoder", "--epochs", "1", "--dim", "4", "--probes", "8"],
+                  ["--features", "probe-outputs", "--probes", "8", "--model", "linear"]):
+        out = tmp_path / "p.pt"
+        assert main(["predict", "fit", runs, "--target", "metric:loss", "--task", "rank",
+                     "--folds", "0", "--out", str(out), *extra]) == 0
+        assert Predictor.load(out).features.config()["probes"] == 8
+        assert main(["predict", "apply", str(out), runs]) == 0
+        assert len(capsys.readouterr().out.strip().splitlines()) == 7  # fit line + 6 runs

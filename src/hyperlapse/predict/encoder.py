@@ -223,6 +223,11 @@ class EncoderFeatures(FeatureExtractor):
         k = {len(i) for i in indices}
         if len(k) != 1:
             raise ConfigError(f"Expected the same number of snapshots per run, got {sorted(k)}.")
+        with _threads(self.options["threads"]):  # many tiny ops: threads only add overhead
+            return self._build_graphs(trajectories, indices)
+
+    def _build_graphs(self, trajectories: Sequence[Any], indices: Sequence[np.ndarray]
+                      ) -> list[list[Snapshot]]:
         o = self.options
         probes: dict[int, Any] = {}
         out = []

@@ -191,6 +191,17 @@ def encoder_cost(runs: list[Any], cfg: dict[str, Any], n: int = 64) -> dict[str,
     return res
 
 
+def one_thread() -> Any:
+    """Limit OpenMP and BLAS (scikit-learn's gradient-boosted trees, logistic regression) to
+    one thread until ``.restore_original_limits()``. On 2 cores shared with other work, two
+    OpenMP threads wait on each other at every barrier: a sines GBT fit measured 51 s wall
+    with one thread against more than 250 s with two (load average 4). The encoder rows run
+    at one torch thread already (``ENCODER["threads"]``)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
 def machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
@@ -201,7 +212,8 @@ def machine() -> dict[str, Any]:
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "note": "2 shared cores; other engineers' tests and benchmarks were running at the same "
         "time, so wall times are noisy: speeds are reported as ratios measured in the same run "
-        "(interleaved), with CPU time beside wall time.",
+        "(interleaved), with CPU time beside wall time. The meta-tasks run at one thread "
+        "(torch, OpenMP and BLAS).",
     }
 
 
@@ -649,6 +661,7 @@ def _only_encoder(args: argparse.Namespace) -> dict[str, Any]:
             work / "digits-generalisation", seeds, cfg["model"], cfg, **only),
     }
     results["encoder_machine"] = machine()
+    one_thread()
     for task, fn in parts.items():
         print(task, flush=True)
         rows = fn()
@@ -701,6 +714,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tmp = tempfile.TemporaryDirectory()
         work = Path(tmp.name)
     threads = torch.get_num_threads()
+    limits = None
     try:
         results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "config": cfg,
                                    "seeds": cfg["seeds"]}
@@ -719,6 +733,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
         seeds = cfg["seeds"]
         tasks = {}
+        limits = one_thread()  # the meta-tasks, sklearn's models included
         tasks["digits-inr (random init)"] = task_digits_inr(inr_dir, seeds, True, cfg)
         print("digits-inr random done", flush=True)
         if cfg["shared_init_task"]:
@@ -738,6 +753,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             os.getloadavg() if hasattr(os, "getloadavg") else None)
     finally:
         torch.set_num_threads(threads)
+        if limits is not None:
+            limits.restore_original_limits()
         if tmp is not None:
             tmp.cleanup()
     out = args.out or (None if args.quick else "benchmarks/results/weights_as_data.json")

@@ -11,14 +11,23 @@
    * digits-generalisation: Kendall tau of the predicted final test accuracy, from the whole
      trajectory and from its first 20 %.
    Rows: weight statistics (StatNN) at T = 1 and T > 1, the loss/accuracy curve alone, the
-   flattened weights, the trivial predictors, the pixel SVC ceiling, a permutation check, and
-   the temporal encoder as a metanetwork trained end to end (``features="encoder"``):
+   flattened weights, the trivial predictors, the pixel SVC ceiling, permutation checks, the
+   network's outputs on ``PROBES`` fixed probe inputs (``features="probe-outputs"``: what a
+   probe-reading encoder sees at its output nodes, for an INR the image at the probe points),
+   and the temporal encoder as a metanetwork trained end to end (``features="encoder"``):
    hyperbolic T > 1 and T = 1, the Euclidean switch at equal d (matched scales), d in {4, 16},
-   its permutation check, and its cost per epoch for T = 1 against T > 1.
+   with and without probe features (every neuron's values on the probe inputs as node
+   features), its permutation check, and its cost per epoch for T = 1 against T > 1.
 
-The encoder rows are budgeted to keep the whole run near 30 minutes on 2 cores: ``ENCODER``
+The encoder rows are budgeted to keep the whole run near 25 minutes on 2 cores: ``ENCODER``
 (epochs, snapshots per run k, one attention layer and head, incoming edges kept per neuron),
-graphs built once per run and snapshot and shared by every row, seed and epoch.
+graphs built once per run and snapshot and shared by every row, seed and epoch. Which rows
+each task runs (see ``task_*``): digits-inr random init: the plain encoder at T = 1 only (every
+plain configuration was at chance there in the last full run) and the probe encoder at T > 1,
+T = 1 and Euclidean T > 1; shared init: the plain encoder at T = 1; sines: the plain encoder in
+every configuration, the probe encoder at T > 1 and T = 1; digits-generalisation: the plain
+encoder in every configuration, the probe encoder at T = 1. The statistics' permutation check
+applies the trained model to the permuted test runs (their features are bit-identical).
 
 Usage: ``python benchmarks/weights_as_data.py [--quick] [--out PATH] [--work DIR]
 [--only-encoder]``.
@@ -52,53 +61,78 @@ from hyperlapse.zoo.builders import INR_ACTIVATIONS, INR_EVERY, INR_LR, INR_STEP
 from hyperlapse.zoo.population import PopulationMLP, run_generator
 
 #: The encoder metanetwork's budget (see the module docstring): options of EncoderFeatures.
-ENCODER = {"epochs": 10, "max_snapshots": 3, "layers": 1, "heads": 1, "lr": 0.01,
+ENCODER = {"epochs": 8, "max_snapshots": 3, "layers": 1, "heads": 1, "lr": 0.01,
            "batch_size": 64, "sparsify_k": 8, "threads": 1}
 ENCODER_QUICK = {**ENCODER, "epochs": 2, "max_snapshots": 2}
+#: Probe inputs of the probe rows (EncoderFeatures(probes=...), features="probe-outputs"): for
+#: the 2-D INRs the 8 x 8 grid over [-1, 1]^2, i.e. the pixel coordinates the INRs were fitted
+#: on; for the 1-D sines a 64-point grid over [-1, 1]; for the 64-D digit classifiers 64 seeded
+#: N(0, 1) inputs (hyperlapse.nn.probes.probe_inputs, kind "auto").
+PROBES = 64
 FULL = {"inr_runs": 1797, "one_by_one": 24, "sines_runs": 1000, "gen_runs": 400,
         "seeds": [0, 1, 2], "scale": 1.0, "model": "gbt", "shared_init_task": True,
-        "encoder": ENCODER, "encoder_d": [16, 4]}
+        "encoder": ENCODER, "encoder_d": [16, 4], "probes": PROBES}
 QUICK = {"inr_runs": 40, "one_by_one": 2, "sines_runs": 30, "gen_runs": 12, "seeds": [0],
          "scale": 0.1, "model": "linear", "shared_init_task": False,
-         "encoder": ENCODER_QUICK, "encoder_d": [4, 2], "keep_predictions": True}
+         "encoder": ENCODER_QUICK, "encoder_d": [4, 2], "probes": PROBES,
+         "keep_predictions": True}
+#: The shared-init INR zoo (the easy reference for weight readers): the encoder at T = 1 only
+#: (its T > 1 row duplicated the T > 1 / T = 1 comparison made on the other tasks), no probes.
+SHARED_INIT = {"encoder": {"plain": ("T=1",)}, "permute_encoder": False, "probe_rows": False}
 MODEL_NAMES = {"gbt": "GBT", "linear": "linear"}
 HYP, EUC = "poincare", "euclidean"
 
 
 def encoder_variants(cfg: dict[str, Any], *, full: bool, prefix: str = "",
-                     snapshots: Any = "all") -> list[tuple[str, Any, int, str]]:
-    """``(row name, snapshots, d, manifold)`` of the encoder rows of a task."""
+                     snapshots: Any = "all", plain: tuple[str, ...] | None = None,
+                     probes: tuple[str, ...] = ()) -> list[tuple[str, Any, int, str, int]]:
+    """``(row name, snapshots, d, manifold, probes)`` of the encoder rows of a task.
+
+    ``plain``: which rows without probe features (``"T>1"``, ``"T=1"``, ``"euclidean"``,
+    ``"d_small"``; default: T>1 and T=1, and with ``full`` the Euclidean switch and the small d).
+    ``probes``: which rows with ``cfg["probes"]`` probe features (``"T>1"``, ``"T=1"``,
+    ``"euclidean"``).
+    """
     d, small = cfg["encoder_d"]
-    rows = [(f"{prefix}hyperbolic encoder T>1 (d={d})", snapshots, d, HYP),
-            (f"{prefix}hyperbolic encoder T=1 (d={d})", "last", d, HYP)]
-    if full:
-        rows += [(f"{prefix}Euclidean encoder T>1 (d={d}, matched scales)", snapshots, d, EUC),
-                 (f"{prefix}hyperbolic encoder T>1 (d={small})", snapshots, small, HYP)]
+    if plain is None:
+        plain = ("T>1", "T=1", "euclidean", "d_small") if full else ("T>1", "T=1")
+    P = cfg["probes"]
+    table = {
+        "T>1": (f"hyperbolic encoder T>1 (d={d})", snapshots, d, HYP),
+        "T=1": (f"hyperbolic encoder T=1 (d={d})", "last", d, HYP),
+        "euclidean": (f"Euclidean encoder T>1 (d={d}, matched scales)", snapshots, d, EUC),
+        "d_small": (f"hyperbolic encoder T>1 (d={small})", snapshots, small, HYP),
+    }
+    rows = [(prefix + table[k][0], *table[k][1:], 0) for k in table if k in plain]
+    for k in ("T>1", "T=1", "euclidean"):
+        if k in probes:
+            name = table[k][0].replace("encoder", f"encoder + {P} probes", 1)
+            rows.append((prefix + name, *table[k][1:], P))
     return rows
 
 
 def encoder_rows(runs: list[Any], y: np.ndarray, task: str, split: Any, seeds: list[int],
-                 cfg: dict[str, Any], variants: list[tuple[str, Any, int, str]],
-                 permuted: tuple[str, list[Any], str] | None = None) -> dict[str, Any]:
+                 cfg: dict[str, Any], variants: list[tuple[str, Any, int, str, int]],
+                 permuted: tuple[str, list[Any], str | None] | None = None) -> dict[str, Any]:
     """Train the encoder metanetwork per variant and seed; scores, epoch times, loss curves.
 
-    ``permuted``: ``(name of a variant, permuted runs, row name)``: the same variant trained and
-    tested on the runs with their hidden neurons permuted (the equivariance check), and the
-    variant's own trained model applied to the permuted test runs (``applied to permuted test
-    runs``: same predictions expected, up to float32 rounding).
+    ``permuted``: ``(name of a variant, permuted runs, row name or None)``: the variant's own
+    trained model applied to the permuted test runs (``applied to permuted test runs``: same
+    predictions expected, up to float32 rounding), and, with a row name, the same variant
+    trained and tested on the runs with their hidden neurons permuted.
     """
     out: dict[str, Any] = {}
     applied: dict[str, list[Any]] = {"scores": [], "agreement": []}
-    jobs = [(name, runs, snaps, d, man) for name, snaps, d, man in variants]
-    if permuted is not None:
+    jobs = [(name, runs, snaps, d, man, P) for name, snaps, d, man, P in variants]
+    if permuted is not None and permuted[2] is not None:
         base, prun, pname = permuted
-        _, snaps, d, man = next(v for v in variants if v[0] == base)
-        jobs.append((pname, prun, snaps, d, man))
-    for name, rr, snaps, d, man in jobs:
+        _, snaps, d, man, P = next(v for v in variants if v[0] == base)
+        jobs.append((pname, prun, snaps, d, man, P))
+    for name, rr, snaps, d, man, P in jobs:
         scores, epoch_s, losses, preds = [], [], [], []
         for seed in seeds:
             tr, te = split(seed)
-            opts = {**cfg["encoder"], "d": d, "manifold": man}
+            opts = {**cfg["encoder"], "d": d, "manifold": man, "probes": P}
             p = fit_predictor([rr[i] for i in tr], y[tr], task, seed=seed, snapshots=snaps,
                               features="encoder", feature_options=opts)
             test = [rr[i] for i in te]
@@ -125,7 +159,8 @@ def encoder_rows(runs: list[Any], y: np.ndarray, task: str, split: Any, seeds: l
 
 
 def encoder_cost(runs: list[Any], cfg: dict[str, Any], n: int = 64) -> dict[str, Any]:
-    """Seconds and autograd-saved bytes of one training step on ``n`` runs, T = 1 vs T > 1.
+    """Seconds and autograd-saved bytes of one training step on ``n`` runs, T = 1 vs T > 1
+    (the encoder with probe features, as in the digits-inr probe rows).
 
     Interleaved, 5 repeats each, medians (the machine is shared).
     """
@@ -133,7 +168,7 @@ def encoder_cost(runs: list[Any], cfg: dict[str, Any], n: int = 64) -> dict[str,
     from hyperlapse.predict.features import snapshot_indices
 
     d = cfg["encoder_d"][0]
-    opts = {**cfg["encoder"], "d": d, "manifold": HYP}
+    opts = {**cfg["encoder"], "d": d, "manifold": HYP, "probes": cfg["probes"]}
     sub = runs[:n]
     res: dict[str, Any] = {}
     meas: dict[str, list[dict[str, float]]] = {"T=1": [], "T>1": []}
@@ -156,6 +191,17 @@ def encoder_cost(runs: list[Any], cfg: dict[str, Any], n: int = 64) -> dict[str,
     return res
 
 
+def one_thread() -> Any:
+    """Limit OpenMP and BLAS (scikit-learn's gradient-boosted trees, logistic regression) to
+    one thread until ``.restore_original_limits()``. On 2 cores shared with other work, two
+    OpenMP threads wait on each other at every barrier: a sines GBT fit measured 51 s wall
+    with one thread against more than 250 s with two (load average 4). The encoder rows run
+    at one torch thread already (``ENCODER["threads"]``)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
 def machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
@@ -166,7 +212,8 @@ def machine() -> dict[str, Any]:
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "note": "2 shared cores; other engineers' tests and benchmarks were running at the same "
         "time, so wall times are noisy: speeds are reported as ratios measured in the same run "
-        "(interleaved), with CPU time beside wall time.",
+        "(interleaved), with CPU time beside wall time. The meta-tasks run at one thread "
+        "(torch, OpenMP and BLAS).",
     }
 
 
@@ -261,8 +308,13 @@ def _fit_score(runs, y, tr, te, task, seed, **kw) -> Any:
 
 
 def task_digits_inr(zoo_dir: Path, seeds: list[int], permute: bool, cfg: dict[str, Any],
-                    *, full_encoder: bool = True, only_encoder: bool = False,
-                    permute_encoder: bool = True) -> dict[str, Any]:
+                    *, encoder: dict[str, Any] | None = None, only_encoder: bool = False,
+                    permute_encoder: bool = True, probe_rows: bool = True) -> dict[str, Any]:
+    """Rows of a digits-inr zoo. ``encoder``: keyword arguments of :func:`encoder_variants`
+    (default: the random-init set: T = 1 without probes, and with probes T > 1, T = 1 and the
+    Euclidean switch); ``permute_encoder``: the probe encoder T = 1 (or, without probe rows,
+    the plain T = 1) applied to permuted test runs; ``probe_rows``: the probe-outputs
+    baselines."""
     from sklearn.datasets import load_digits
     from sklearn.svm import SVC
 
@@ -278,19 +330,29 @@ def task_digits_inr(zoo_dir: Path, seeds: list[int], permute: bool, cfg: dict[st
     def add(name: str, value: Any) -> None:
         rows.setdefault(name, []).append(value)
 
+    P, k = cfg["probes"], cfg["encoder"]["max_snapshots"]
     for seed in [] if only_encoder else seeds:
         tr, te = _split(len(runs), seed, y)
         lin = {"model": "linear"}
         add("stats T=1 (logistic regression)",
             _fit_score(runs, y, tr, te, "classify", seed, snapshots="last", **lin))
-        add("stats T>1 (logistic regression)",
-            _fit_score(runs, y, tr, te, "classify", seed, snapshots="all", **lin))
+        stats = fit_predictor([runs[i] for i in tr], y[tr], "classify", seed=seed,
+                              snapshots="all", **lin)
+        add("stats T>1 (logistic regression)", stats.score([runs[i] for i in te], y[te]))
         add("flattened weights T=1 (logistic regression)",
             _fit_score(runs, y, tr, te, "classify", seed, snapshots="last", features="flat",
                        **lin))
+        if probe_rows:
+            probe = {"features": "probe-outputs", "feature_options": {"probes": P}, **lin}
+            add(f"probe outputs T=1, {P} probes (logistic regression)",
+                _fit_score(runs, y, tr, te, "classify", seed, snapshots="last", **probe))
+            add(f"probe outputs T>1, {P} probes x {k} snapshots (logistic regression)",
+                _fit_score(runs, y, tr, te, "classify", seed, snapshots="all", k=k, **probe))
         if permute:
-            add("permuted: stats T>1 (logistic regression)",
-                _fit_score(permuted, y, tr, te, "classify", seed, snapshots="all", **lin))
+            # the statistics are bit-identical on permuted runs (tested), so the trained model
+            # applied to the permuted test runs is the check (retraining would repeat the fit)
+            add("stats T>1 (logistic regression), trained model applied to permuted test runs",
+                stats.score([permuted[i] for i in te], y[te]))
             add("permuted: flattened weights T=1 (logistic regression)",
                 _fit_score(permuted, y, tr, te, "classify", seed, snapshots="last",
                            features="flat", **lin))
@@ -298,10 +360,14 @@ def task_digits_inr(zoo_dir: Path, seeds: list[int], permute: bool, cfg: dict[st
         add("pixel SVC on the images (ceiling)", float(svc.score(images[te], y[te])))
         add("majority class (trivial)", float(np.mean(y[te] == np.bincount(y[tr]).argmax())))
     out = {name: _summary(v) for name, v in rows.items()}
-    variants = encoder_variants(cfg, full=full_encoder)
+    if encoder is None:
+        encoder = {"plain": ("T=1",), "probes": ("T>1", "T=1", "euclidean")}
+    variants = encoder_variants(cfg, full=False, **encoder)
     check = None
     if permute and permute_encoder:
-        check = (variants[1][0], permuted, f"permuted: {variants[1][0]}")
+        base = [v for v in variants if v[1] == "last"]
+        base = [v for v in base if v[4]] or base  # the probe encoder T = 1 when there is one
+        check = (base[0][0], permuted, None)
     out.update(encoder_rows(runs, y, "classify", lambda s: _split(len(runs), s, y), seeds, cfg,
                             variants, check))
     out["_metric"] = "accuracy (30 % held out)"
@@ -322,15 +388,19 @@ def task_sines(zoo_dir: Path, seeds: list[int], model: str, cfg: dict[str, Any],
         for name, kw in ((f"stats T=1 ({m})", {"snapshots": "last", "model": model}),
                          (f"stats T>1 ({m})", {"snapshots": "all", "model": model}),
                          ("flattened weights T=1 (ridge)",
-                          {"snapshots": "last", "features": "flat", "model": "linear"})):
+                          {"snapshots": "last", "features": "flat", "model": "linear"}),
+                         (f"probe outputs T=1, {cfg['probes']} probes ({m})",
+                          {"snapshots": "last", "features": "probe-outputs", "model": model,
+                           "feature_options": {"probes": cfg["probes"]}})):
             rows.setdefault(name, []).append(
                 _fit_score(runs, y, tr, te, "regress", seed, **kw))
         mean = y[tr].mean(0)
         rows.setdefault("training mean (trivial)", []).append(
             ((y[te] - mean) ** 2).mean(0).tolist())
     out: dict[str, Any] = {name: _summary(v) for name, v in rows.items()}
+    variants = encoder_variants(cfg, full=full_encoder, probes=("T>1", "T=1"))
     out.update(encoder_rows(runs, y, "regress", lambda s: _split(len(runs), s, None), seeds,
-                            cfg, encoder_variants(cfg, full=full_encoder)))
+                            cfg, variants))
     out["_metric"] = "test MSE of (a, f, p) (30 % held out)"
     out["_runs"] = len(runs)
     out["_psnr_mean_db"] = float(zoo.labels("psnr").mean())
@@ -360,6 +430,9 @@ def task_generalisation(zoo_dir: Path, seeds: list[int], model: str, cfg: dict[s
             (f"first 20 %: stats ({m})", {"snapshots": 0.2}),
             (f"first 20 %: loss/accuracy curve alone ({m})", {"snapshots": 0.2,
                                                               "features": "loss-curve"}),
+            (f"whole: probe outputs T=1, {cfg['probes']} probes ({m})",
+             {"snapshots": "last", "features": "probe-outputs",
+              "feature_options": {"probes": cfg["probes"]}}),
         ):
             rows.setdefault(name, []).append(
                 _fit_score(runs, y, tr, te, "rank", seed, model=model, **kw))
@@ -378,8 +451,8 @@ def task_generalisation(zoo_dir: Path, seeds: list[int], model: str, cfg: dict[s
     out: dict[str, Any] = {name: _summary(v) for name, v in rows.items()}
     split = lambda s: _split(len(runs), s, None)  # noqa: E731
     d = cfg["encoder_d"][0]
-    variants = encoder_variants(cfg, full=full_encoder, prefix="whole: ")
-    variants.append((f"first 20 %: hyperbolic encoder (d={d})", 0.2, d, HYP))
+    variants = encoder_variants(cfg, full=full_encoder, prefix="whole: ", probes=("T=1",))
+    variants.append((f"first 20 %: hyperbolic encoder (d={d})", 0.2, d, HYP, 0))
     out.update(encoder_rows(runs, y, "rank", split, seeds, cfg, variants))
     out["_metric"] = "Kendall tau of predicted vs true final test accuracy (30 % held out)"
     out["_runs"] = len(runs)
@@ -458,6 +531,17 @@ def markdown(results: dict[str, Any]) -> str:
         ]
     if results.get("encoder_config"):
         lines += [f"Encoder budget (EncoderFeatures options): {results['encoder_config']}.", ""]
+    P = results.get("config", {}).get("probes")
+    if P:
+        lines += [
+            f"Probe rows: {P} probe inputs, fixed (hyperlapse.nn.probes.probe_inputs, kind "
+            f"'auto'): for the 2-D INRs the 8 x 8 grid over [-1, 1]^2, i.e. the pixel "
+            f"coordinates the INRs were fitted on; for the 1-D sines a grid over [-1, 1]; for "
+            f"the 64-D digit classifiers seeded N(0, 1) inputs. 'probe outputs' rows give the "
+            f"network's outputs on them (for an INR: its image at the probe points) to the "
+            f"row's model: the strongest trivial predictor of the probe-reading encoder "
+            f"('encoder + {P} probes', node features normalised per layer, probe_norm "
+            f"'layer'). The encoder's cost rows above use the probe features.", ""]
     if "permutation_rows_note" in results:
         lines.append(f"Note: {results['permutation_rows_note']}.")
     if "encoder_permutation_note" in results:
@@ -519,9 +603,9 @@ def _only_build(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _only_encoder_permutation(args: argparse.Namespace) -> dict[str, Any]:
-    """Re-measure the encoder's permutation rows on the random-init INR zoo in --work (built by
-    the full run) and merge them into an existing results file; also checks that retraining
-    the unpermuted variant reproduces its scores (determinism)."""
+    """Re-measure the probe encoder's permutation check (T = 1) on the random-init INR zoo in
+    --work (built by the full run) and merge it into an existing results file; also checks
+    that retraining the unpermuted variant reproduces its scores (determinism)."""
     cfg = QUICK if args.quick else FULL
     out = Path(args.out or "benchmarks/results/weights_as_data.json")
     results = json.loads(out.read_text())
@@ -530,10 +614,9 @@ def _only_encoder_permutation(args: argparse.Namespace) -> dict[str, Any]:
     y = zoo.labels("digit")
     permuted = [PermutedRun(r, torch.Generator().manual_seed(1000 + i))
                 for i, r in enumerate(runs)]
-    base = encoder_variants(cfg, full=False)[1]
+    base = encoder_variants(cfg, full=False, plain=(), probes=("T=1",))[0]
     rows = encoder_rows(runs, y, "classify", lambda s: _split(len(runs), s, y),
-                        results["seeds"], cfg, [base],
-                        (base[0], permuted, f"permuted: {base[0]}"))
+                        results["seeds"], cfg, [base], (base[0], permuted, None))
     task = results["tasks"]["digits-inr (random init)"]
     before = task.get(base[0], {}).get("per_seed")
     rerun = rows.pop(base[0])["per_seed"]
@@ -572,13 +655,13 @@ def _only_encoder(args: argparse.Namespace) -> dict[str, Any]:
         "digits-inr (random init)": lambda: task_digits_inr(work / "digits-inr", seeds, True,
                                                             cfg, **only),
         "digits-inr (shared init)": lambda: task_digits_inr(
-            work / "digits-inr-shared", seeds, True, cfg, full_encoder=False,
-            permute_encoder=False, **only),
+            work / "digits-inr-shared", seeds, True, cfg, **SHARED_INIT, **only),
         "sines": lambda: task_sines(work / "sines", seeds, cfg["model"], cfg, **only),
         "digits-generalisation": lambda: task_generalisation(
             work / "digits-generalisation", seeds, cfg["model"], cfg, **only),
     }
     results["encoder_machine"] = machine()
+    one_thread()
     for task, fn in parts.items():
         print(task, flush=True)
         rows = fn()
@@ -631,6 +714,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tmp = tempfile.TemporaryDirectory()
         work = Path(tmp.name)
     threads = torch.get_num_threads()
+    limits = None
     try:
         results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "config": cfg,
                                    "seeds": cfg["seeds"]}
@@ -649,11 +733,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
         seeds = cfg["seeds"]
         tasks = {}
+        limits = one_thread()  # the meta-tasks, sklearn's models included
         tasks["digits-inr (random init)"] = task_digits_inr(inr_dir, seeds, True, cfg)
         print("digits-inr random done", flush=True)
         if cfg["shared_init_task"]:
             tasks["digits-inr (shared init)"] = task_digits_inr(
-                shared_dir, seeds, True, cfg, full_encoder=False, permute_encoder=False)
+                shared_dir, seeds, True, cfg, **SHARED_INIT)
             print("digits-inr shared done", flush=True)
         tasks["sines"] = task_sines(sines_dir, seeds, cfg["model"], cfg)
         print("sines done", flush=True)
@@ -668,6 +753,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             os.getloadavg() if hasattr(os, "getloadavg") else None)
     finally:
         torch.set_num_threads(threads)
+        if limits is not None:
+            limits.restore_original_limits()
         if tmp is not None:
             tmp.cleanup()
     out = args.out or (None if args.quick else "benchmarks/results/weights_as_data.json")

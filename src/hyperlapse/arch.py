@@ -55,6 +55,11 @@ def _activation_name(module: nn.Module) -> str:
     name = type(module).__name__.lower()
     if isinstance(module, nn.LeakyReLU):
         return f"leaky_relu({module.negative_slope})"
+    # sin(w0 x) (SIREN, e.g. hyperlapse.zoo.Sine): the frequency is part of the function, so a
+    # recorded network can be evaluated again (hyperlapse.geometry.pullback.activation_fn)
+    w0 = getattr(module, "w0", None)
+    if name == "sine" and isinstance(w0, numbers.Real) and not isinstance(w0, bool):
+        return f"sine({float(w0)!r})"
     return name
 
 
@@ -77,7 +82,9 @@ def describe_mlp(module: nn.Module) -> dict[str, Any]:
         ``{"kind": "mlp", "widths": [n_0, ..., n_L], "layers": [{"name", "weight", "bias",
         "in_features", "out_features", "activation"}, ...]}`` where ``weight``/``bias`` are the
         qualified parameter names (``bias`` is ``None`` for ``bias=False``) and ``activation``
-        is the lower-case class name of the activation that follows the layer, or ``None``.
+        is the lower-case class name of the activation that follows the layer, or ``None``
+        (``"leaky_relu(<slope>)"`` and, for a module named ``Sine`` with a float ``w0``
+        attribute computing ``sin(w0 x)``, ``"sine(<w0>)"`` carry their parameter).
         A layer whose weight (or bias) is a parameter of an earlier layer also has
         ``"tied_to"``: that layer's name; its ``weight``/``bias`` name the stored parameter.
 

@@ -347,11 +347,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    "(default: %(default)s)")
     f.add_argument("--snapshots", type=_snapshots, default="all", help="'last' (T = 1), "
                    "'all', or the first fraction of each run, e.g. 0.2 (default: %(default)s)")
-    f.add_argument("--features", choices=["stats", "loss-curve", "flat", "encoder"],
+    f.add_argument("--features",
+                   choices=["stats", "loss-curve", "flat", "encoder", "probe-outputs"],
                    default="stats",
                    help="per-layer weight statistics per snapshot, the logged metrics only, "
-                   "the raw weights, or the temporal encoder trained end to end on the target "
-                   "(a metanetwork; slower) (default: %(default)s)")
+                   "the raw weights, the temporal encoder trained end to end on the target "
+                   "(a metanetwork; slower), or the network's outputs on --probes fixed probe "
+                   "inputs (the baseline of a probe-reading encoder) (default: %(default)s)")
     f.add_argument("--model", choices=["gbt", "linear", "mlp", "head"], default=None,
                    help="gradient-boosted trees, linear, MLP, or (with --features encoder) the "
                    "encoder's own head trained with it (default: gbt; head for the encoder)")
@@ -366,6 +368,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    "encoder reads (default: %(default)s)")
     e.add_argument("--threads", type=int, default=1, help="torch threads "
                    "(default: %(default)s)")
+    e.add_argument("--probes", type=int, default=None, help="probe inputs P: every neuron's "
+                   "values on P fixed inputs become node features (a grid over [-1, 1]^n for "
+                   "1-D/2-D inputs when P is a perfect power, e.g. 64 = 8 x 8, else seeded "
+                   "uniform in [-1, 1]^n; N(0, 1) above 2-D); 0 = off. Also the probe count of "
+                   "--features probe-outputs (default: 0 for the encoder, 64 for probe-outputs)")
     f.add_argument("--folds", type=int, default=5, help="cross-validation folds, 0 = skip "
                    "(default: %(default)s)")
     f.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
@@ -392,7 +399,9 @@ def _cmd_predict_fit(args: argparse.Namespace) -> int:
     if args.features == "encoder":
         kw["feature_options"] = {"d": args.dim, "manifold": args.manifold,
                                  "epochs": args.epochs, "max_snapshots": args.max_snapshots,
-                                 "threads": args.threads}
+                                 "threads": args.threads, "probes": args.probes or 0}
+    elif args.features == "probe-outputs" and args.probes is not None:
+        kw["feature_options"] = {"probes": args.probes}
     if args.folds:
         cv = cross_validate(runs, targets, args.task, folds=args.folds, seed=args.seed, **kw)
         mean = cv["mean"] if isinstance(cv["mean"], list) else [cv["mean"]]

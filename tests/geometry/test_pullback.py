@@ -195,3 +195,41 @@ def test_gram_route_for_many_directions_matches_logdet(shape):
     assert torch.allclose(log_volume_element(J, k=7), s[:, :7].log().sum(-1), atol=1e-10)
     if m >= n0:
         assert torch.allclose(log_volume_element(J), 0.5 * torch.logdet(pullback_metric(J)))
+
+
+def test_a_recorded_sine_activation_evaluates_to_the_module():
+    from hyperlapse.zoo.population import Sine
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 16), Sine(30.0), nn.Linear(16, 16), nn.Tanh(),
+                        nn.Linear(16, 1)).double()
+    arch = describe_mlp(net)
+    assert arch["layers"][0]["activation"] == "sine(30.0)"
+    x = torch.rand(50, 2, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(mlp_forward(net.state_dict(), arch, x)[-1], net(x),
+                                   rtol=1e-12, atol=1e-12)
+    # the frequency is read back, not assumed: another w0 gives another function
+    net[1].w0 = 7.5
+    arch = describe_mlp(net)
+    assert arch["layers"][0]["activation"] == "sine(7.5)"
+    with torch.no_grad():
+        torch.testing.assert_close(mlp_forward(net.state_dict(), arch, x)[-1], net(x),
+                                   rtol=1e-12, atol=1e-12)
+    t = torch.linspace(-3, 3, 13, dtype=torch.float64)
+    torch.testing.assert_close(activation_fn("sine")(t), torch.sin(t))  # plain: w0 = 1
+
+
+def test_a_sine_module_without_a_float_w0_is_plain_sine():
+    class Sine(nn.Module):
+        def forward(self, x):
+            return torch.sin(x)
+
+    net = nn.Sequential(nn.Linear(2, 3), Sine(), nn.Linear(3, 1))
+    assert describe_mlp(net)["layers"][0]["activation"] == "sine"
+
+
+@pytest.mark.parametrize("name", ["swish", "sine(abc)", "sine(inf)", "sine()", 3])
+def test_an_activation_that_cannot_be_evaluated_is_an_architecture_error(name):
+    with pytest.raises(ArchitectureError, match="Expected an activation among"):
+        activation_fn(name)

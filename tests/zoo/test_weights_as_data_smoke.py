@@ -14,19 +14,23 @@ def test_weights_as_data_quick(tmp_path, load_benchmark):
     assert build["population"]["files"] < build["one_by_one"]["files_for_all_runs"]
     inr = res["tasks"]["digits-inr (random init)"]
     # stats features are invariant to hidden-neuron permutations: identical accuracy
-    assert inr["permuted: stats T>1 (logistic regression)"]["per_seed"] == (
-        inr["stats T>1 (logistic regression)"]["per_seed"])
-    name = "hyperbolic encoder T=1 (d=4)"
-    assert f"permuted: {name}" in inr  # retrained on the permuted zoo
-    # the metanetwork is equivariant by construction: its predictions on the permuted test
-    # runs are the same up to float rounding (at most one run may flip)
+    assert inr["stats T>1 (logistic regression), trained model applied to permuted test runs"][
+        "per_seed"] == inr["stats T>1 (logistic regression)"]["per_seed"]
+    name = "hyperbolic encoder + 64 probes T=1 (d=4)"
+    # the metanetwork with probe features is equivariant by construction: its predictions on
+    # the permuted test runs are the same up to float rounding (at most one run may flip)
     agreement = inr[f"{name}, trained model applied to permuted test runs"][
         "agreement_with_unpermuted_predictions"]
     n_test = len(inr[name]["predictions"][0])
     assert min(agreement) >= 1 - 1 / n_test - 1e-9
-    assert {"hyperbolic encoder T>1 (d=4)", "Euclidean encoder T>1 (d=4, matched scales)",
-            "hyperbolic encoder T>1 (d=2)"} <= set(inr)
-    assert inr["hyperbolic encoder T>1 (d=4)"]["k"] == 2 and inr[name]["k"] == 1
+    assert {"hyperbolic encoder T=1 (d=4)", "hyperbolic encoder + 64 probes T>1 (d=4)",
+            "Euclidean encoder + 64 probes T>1 (d=4, matched scales)",
+            "probe outputs T=1, 64 probes (logistic regression)",
+            "probe outputs T>1, 64 probes x 2 snapshots (logistic regression)"} <= set(inr)
+    assert inr["hyperbolic encoder + 64 probes T>1 (d=4)"]["k"] == 2 and inr[name]["k"] == 1
+    sines = res["tasks"]["sines"]
+    assert {"hyperbolic encoder + 64 probes T>1 (d=4)", "hyperbolic encoder T>1 (d=2)",
+            "probe outputs T=1, 64 probes (linear)"} <= set(sines)
     cost = res["encoder_cost"]
     assert cost["T>1"]["saved_MB"] > cost["T=1"]["saved_MB"] > 0
     assert len(res["tasks"]["sines"]["stats T>1 (linear)"]["mean"]) == 3

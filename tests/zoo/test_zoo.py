@@ -210,3 +210,31 @@ def test_digits_generalisation_zoo(tmp_path):
         assert run.architecture["widths"] == [64] + [a["width"]] * a["depth"] + [10]
         assert set(run.metrics) == {"loss", "train_acc", "val_acc"}
         assert abs(run.metrics["val_acc"][-1] - a["final_val_acc"]) < 1e-6
+
+
+def test_inr_runs_evaluate_from_their_recorded_architecture(tmp_path):
+    """The SIREN layer is recorded as sine(30.0), so probe outputs are the INR's own outputs;
+    a zoo built before that (plain 'sine') reads back with the build's frequency."""
+    from hyperlapse.nn.probes import probe_inputs
+    from hyperlapse.predict.features import ProbeOutputs
+    from hyperlapse.zoo.builders import INR_ACTIVATIONS, INR_WIDTHS
+
+    pytest.importorskip("sklearn")
+    zoo = build_zoo("digits-inr", tmp_path / "z", runs=2, block_size=2, quiet=True, scale=0.05)
+    run = zoo[1]
+    assert run.architecture["layers"][0]["activation"] == "sine(30.0)"
+    net = PopulationMLP(1, INR_WIDTHS, INR_ACTIVATIONS).template()
+    net.load_state_dict({k: torch.as_tensor(v) for k, v in run[-1].items()})
+    x = probe_inputs(2, 64)
+    with torch.no_grad():
+        want = net.double()(x)[:, 0].numpy()
+    got = ProbeOutputs(64)([run], [np.array([len(run) - 1])])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    # an older build recorded plain "sine": rewrite the attrs as it did, read back the same
+    meta = tmp_path / "z" / "block-0000.zarr" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["population"]["architecture"]["layers"][0]["activation"] = "sine"
+    meta.write_text(json.dumps(doc))
+    old = open_zoo(tmp_path / "z")[1]
+    assert old.architecture["layers"][0]["activation"] == "sine(30)"
+    np.testing.assert_allclose(ProbeOutputs(64)([old], [np.array([len(old) - 1])])[0], got)

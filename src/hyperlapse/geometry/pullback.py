@@ -64,24 +64,39 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 def activation_fn(name: str | None) -> Callable[[Tensor], Tensor]:
     """The function for an activation name as written by :func:`hyperlapse.arch.describe_mlp`.
 
-    ``None`` is the identity; ``"leaky_relu(0.2)"`` carries its slope.
+    ``None`` is the identity; ``"leaky_relu(0.2)"`` carries its slope; ``"sine(30.0)"`` is
+    ``sin(30 x)`` (SIREN; plain ``"sine"`` is ``sin(x)``, i.e. ``w0 = 1``).
+
+    Raises:
+        ArchitectureError: a name that is none of these (or not a string).
 
     Example:
         >>> activation_fn("leaky_relu(0.5)")(torch.tensor([-2.0, 2.0]))
         tensor([-1.,  2.])
+        >>> activation_fn("sine(2.0)")(torch.tensor([0.25 * math.pi]))
+        tensor([1.])
     """
     if name is None:
         return lambda t: t
-    match = re.fullmatch(r"leaky_relu\(([-+0-9.eE]+)\)", name)
-    if match:
-        slope = float(match.group(1))
-        return lambda t: F.leaky_relu(t, slope)
-    if name in _ACTIVATIONS:
-        return _ACTIVATIONS[name]
+    if isinstance(name, str):
+        match = re.fullmatch(r"(leaky_relu|sine)\(([-+0-9.eE]+)\)", name)
+        if match:
+            try:
+                value = float(match.group(2))
+            except ValueError:
+                value = None
+            if value is not None and math.isfinite(value):
+                if match.group(1) == "sine":
+                    return lambda t: torch.sin(value * t)
+                return lambda t: F.leaky_relu(t, value)
+        if name == "sine":
+            return torch.sin
+        if name in _ACTIVATIONS:
+            return _ACTIVATIONS[name]
     raise ArchitectureError(
-        f"Expected an activation among {sorted(_ACTIVATIONS)} or 'leaky_relu(<slope>)', but got "
-        f"{name!r}. Use a supported activation module, or compute the geometry yourself from "
-        f"the model."
+        f"Expected an activation among {sorted(_ACTIVATIONS)}, 'leaky_relu(<slope>)', 'sine' or "
+        f"'sine(<w0>)', but got {name!r}. Use a supported activation module, or compute the "
+        f"geometry yourself from the model."
     )
 
 

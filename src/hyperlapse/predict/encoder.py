@@ -10,6 +10,7 @@ model="gbt"|"linear"|"mlp")`` a scikit-learn model is fitted on the learned read
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import weakref
@@ -26,6 +27,7 @@ from ..graph.parameter_graph import ParameterGraph, mlp_topology
 from ..nn.batch import GraphBatch, collate
 from ..nn.encoder import EncoderConfig
 from ..nn.metanet import MetaNetwork, readout_dim
+from ..nn.probes import check_probe_options, probe_inputs, probe_node_features
 from ..nn.snapshot import Snapshot, prepare_snapshot
 from .features import FeatureExtractor, _architecture, register_features
 
@@ -49,7 +51,18 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _snapshot(traj: Any, i: int, t: int, sparsify_k: int | None) -> Snapshot:
+def _state(traj: Any, arch: dict[str, Any], t: int) -> dict[str, Tensor]:
+    names = [n for layer in arch["layers"] for n in (layer["weight"], layer["bias"]) if n]
+    return {n: torch.from_numpy(np.array(traj.weights(n)[t], dtype=np.float32)) for n in names}
+
+
+def _snapshot(traj: Any, i: int, t: int, sparsify_k: int | None,
+              probes: tuple[Tensor, tuple[Any, ...], str] | None = None) -> Snapshot:
+    """The prepared snapshot ``t`` of run ``i`` (cached per run object).
+
+    ``probes``: ``(probe inputs [P, n_0], cache key, normalisation)``: the node features get
+    each node's values on the probes appended (:func:`~hyperlapse.nn.probes.probe_node_features`).
+    """
     try:
         cache = _GRAPHS.setdefault(traj, {})
     except TypeError:  # not weak-referenceable: no cache
@@ -57,9 +70,7 @@ def _snapshot(traj: Any, i: int, t: int, sparsify_k: int | None) -> Snapshot:
     key = (int(t), sparsify_k)
     if key not in cache:
         arch = _architecture(traj, i)
-        names = [n for layer in arch["layers"] for n in (layer["weight"], layer["bias"]) if n]
-        state = {n: torch.from_numpy(np.array(traj.weights(n)[t], dtype=np.float32))
-                 for n in names}
+        state = _state(traj, arch, t)
         widths = tuple(arch["widths"])
         if widths not in _TOPOLOGY:
             _TOPOLOGY[widths] = mlp_topology(list(widths))
@@ -67,7 +78,16 @@ def _snapshot(traj: Any, i: int, t: int, sparsify_k: int | None) -> Snapshot:
         snap = prepare_snapshot(g, sparsify_k=sparsify_k)
         snap.graph = None  # the snapshot holds what the encoder reads; drop the full graph
         cache[key] = snap
-    return cache[key]
+    if probes is None:
+        return cache[key]
+    inputs, probe_key, norm = probes
+    pkey = (int(t), sparsify_k, probe_key)
+    if pkey not in cache:
+        base = cache[key]
+        arch = _architecture(traj, i)
+        feats = probe_node_features(_state(traj, arch, t), arch, inputs, normalise=norm)
+        cache[pkey] = dataclasses.replace(base, x=torch.cat([base.x, feats.to(base.x)], 1))
+    return cache[pkey]
 
 
 class EncoderHead:
@@ -123,7 +143,21 @@ class EncoderFeatures(FeatureExtractor):
             :func:`~hyperlapse.fit_predictor`; the cost of an epoch grows linearly with it).
         head_hidden: width of the head.
         threads: torch threads while training and encoding (1: analysis on a shared machine).
-        fitted: set by :meth:`fit` (sizes needed to rebuild the network when loading).
+        probes: probe inputs ``P`` (0: off). Every node's values on ``P`` fixed probe inputs
+            (input nodes: the probe coordinates; hidden neurons: after the activation; outputs:
+            the network's outputs) are appended to its node features
+            (:mod:`hyperlapse.nn.probes`; permutation-equivariant by construction). For an
+            INR the output node then sees the image at the probe points.
+        probe_kind: ``"auto"`` (a grid over ``[-1, 1]^n`` for 1-D and 2-D inputs when ``P``
+            is a perfect power, e.g. 64 = 8 x 8; seeded uniform in ``[-1, 1]^n`` for other
+            1-D/2-D inputs; seeded ``N(0, 1)`` above), ``"grid"``, ``"uniform"`` or
+            ``"normal"``: :func:`~hyperlapse.nn.probes.probe_inputs`.
+        probe_seed: seed of the random probe kinds (probes are fixed when the model is fitted
+            and saved with it).
+        probe_norm: ``"layer"`` (a layer's values divided by their RMS when it exceeds 1:
+            bounded activations unchanged, ReLU layers and logits at unit scale) or ``"none"``.
+        fitted: set by :meth:`fit` (sizes needed to rebuild the network when loading, and the
+            probe inputs).
     """
 
     trainable = True
@@ -132,11 +166,15 @@ class EncoderFeatures(FeatureExtractor):
                  batch_size: int = 64, lr: float = 3e-3, layers: int = 2, heads: int = 2,
                  window: int = 4, sparsify_k: int | None = 8, hidden: int = 32,
                  velocity: bool = True, max_snapshots: int = 4, head_hidden: int = 64,
-                 threads: int = 1, fitted: dict[str, Any] | None = None) -> None:
+                 threads: int = 1, probes: int = 0, probe_kind: str = "auto",
+                 probe_seed: int = 0, probe_norm: str = "layer",
+                 fitted: dict[str, Any] | None = None) -> None:
         self.options = dict(d=d, manifold=manifold, epochs=epochs, batch_size=batch_size, lr=lr,
                             layers=layers, heads=heads, window=window, sparsify_k=sparsify_k,
                             hidden=hidden, velocity=velocity, max_snapshots=max_snapshots,
-                            head_hidden=head_hidden, threads=threads)
+                            head_hidden=head_hidden, threads=threads, probes=probes,
+                            probe_kind=probe_kind, probe_seed=probe_seed, probe_norm=probe_norm)
+        check_probe_options(probes, probe_kind, probe_norm)
         for name, ok in (("epochs", epochs >= 1), ("batch_size", batch_size >= 1),
                          ("threads", threads >= 1), ("max_snapshots", max_snapshots >= 1),
                          ("lr", lr > 0)):
@@ -166,13 +204,45 @@ class EncoderFeatures(FeatureExtractor):
             torch.manual_seed(int(fitted.get("seed", 0)))
             return MetaNetwork(cfg, fitted["n_outputs"], head_hidden=self.options["head_hidden"])
 
+    def probe_inputs(self, dim: int) -> Tensor | None:
+        """The probe inputs ``[P, dim]`` for runs with ``dim`` inputs (None: probes off).
+
+        Those of a fitted model are the ones it was trained with (saved with it); otherwise
+        :func:`~hyperlapse.nn.probes.probe_inputs` of the options.
+        """
+        o = self.options
+        if not o["probes"]:
+            return None
+        saved = (self.fitted or {}).get("probe_inputs", {})
+        if str(dim) in saved:
+            return torch.tensor(saved[str(dim)], dtype=torch.float64)
+        return probe_inputs(dim, o["probes"], kind=o["probe_kind"], seed=o["probe_seed"])
+
     def _graphs(self, trajectories: Sequence[Any], indices: Sequence[np.ndarray]
                 ) -> list[list[Snapshot]]:
         k = {len(i) for i in indices}
         if len(k) != 1:
             raise ConfigError(f"Expected the same number of snapshots per run, got {sorted(k)}.")
-        return [[_snapshot(traj, i, int(t), self.options["sparsify_k"]) for t in idx]
-                for i, (traj, idx) in enumerate(zip(trajectories, indices, strict=True))]
+        with _threads(self.options["threads"]):  # many tiny ops: threads only add overhead
+            return self._build_graphs(trajectories, indices)
+
+    def _build_graphs(self, trajectories: Sequence[Any], indices: Sequence[np.ndarray]
+                      ) -> list[list[Snapshot]]:
+        o = self.options
+        probes: dict[int, Any] = {}
+        out = []
+        for i, (traj, idx) in enumerate(zip(trajectories, indices, strict=True)):
+            spec = None
+            if o["probes"]:
+                dim = int(_architecture(traj, i)["widths"][0])
+                if dim not in probes:
+                    inputs = self.probe_inputs(dim)
+                    # the key names the exact inputs: a loaded model's saved probes included
+                    key = (dim, o["probe_norm"], inputs.numpy().tobytes())
+                    probes[dim] = (inputs, key, o["probe_norm"])
+                spec = probes[dim]
+            out.append([_snapshot(traj, i, int(t), o["sparsify_k"], spec) for t in idx])
+        return out
 
     @staticmethod
     def _gaps(trajectories: Sequence[Any], indices: Sequence[np.ndarray]) -> np.ndarray:
@@ -214,6 +284,10 @@ class EncoderFeatures(FeatureExtractor):
             target_t = torch.as_tensor((yy - mean) / std, dtype=torch.float32)
         self.fitted = {"in_features": int(in_features), "num_identities": num_identities,
                        "n_outputs": int(n_out), "seed": int(seed)}
+        if o["probes"]:
+            dims = sorted({int(_architecture(t, i)["widths"][0])
+                           for i, t in enumerate(trajectories)})
+            self.fitted["probe_inputs"] = {str(n): self.probe_inputs(n).tolist() for n in dims}
         self.history = []
         with _threads(o["threads"]):
             self.network = net = self._build(self.fitted)

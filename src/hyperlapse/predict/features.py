@@ -29,6 +29,7 @@ __all__ = [
     "FeatureExtractor",
     "FlatWeights",
     "LossCurve",
+    "ProbeOutputs",
     "WeightStats",
     "get_features",
     "register_features",
@@ -292,6 +293,63 @@ class FlatWeights(FeatureExtractor):
                 [np.asarray(traj.weights(n)[idx], dtype=np.float64).reshape(-1) for n in names]
             ))
         return np.stack(rows)
+
+
+@register_features("probe-outputs")
+class ProbeOutputs(FeatureExtractor):
+    """The network's outputs on fixed probe inputs at the selected snapshots: what a reader of
+    the probe features (``features="encoder"`` with ``probes``) sees at the output nodes, fed
+    to a plain model. For an INR these are the image's values at the probe points. Invariant
+    to permuting hidden neurons (the function does not change).
+
+    Args:
+        probes, probe_kind, probe_seed: as for :class:`~hyperlapse.predict.EncoderFeatures`
+            (the same arguments give the same probe inputs:
+            :func:`hyperlapse.nn.probes.probe_inputs`).
+    """
+
+    def __init__(self, probes: int = 64, probe_kind: str = "auto", probe_seed: int = 0) -> None:
+        from ..nn.probes import check_probe_options
+
+        check_probe_options(probes, probe_kind)
+        if probes < 1:
+            raise ConfigError(
+                f"Expected probes >= 1 for features='probe-outputs', but got {probes}."
+            )
+        self.probes, self.probe_kind, self.probe_seed = probes, probe_kind, probe_seed
+
+    def __call__(self, trajectories: Sequence[Any], indices: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from ..nn.probes import probe_inputs, probe_outputs
+
+        rows, inputs, ref = [], {}, None
+        for i, (traj, idx) in enumerate(zip(trajectories, indices, strict=True)):
+            arch = _architecture(traj, i)
+            n_in = int(arch["widths"][0])
+            if n_in not in inputs:
+                inputs[n_in] = probe_inputs(n_in, self.probes, kind=self.probe_kind,
+                                            seed=self.probe_seed)
+            if ref is None:
+                ref = arch["widths"]
+            elif arch["widths"][-1] != ref[-1]:
+                raise ArchitectureError(
+                    f"Expected one output size for features='probe-outputs', but trajectory 0 "
+                    f"has {ref[-1]} outputs and trajectory {i} "
+                    f"({getattr(traj, 'location', '?')}) has {arch['widths'][-1]}."
+                )
+            names = [n for l in arch["layers"] for n in (l["weight"], l["bias"]) if n]
+            arrays = {n: np.asarray(traj.weights(n)[idx], dtype=np.float64) for n in names}
+            row = []
+            for j in range(len(idx)):
+                state = {n: torch.from_numpy(a[j]) for n, a in arrays.items()}
+                row.append(probe_outputs(state, arch, inputs[n_in])[-1].reshape(-1).numpy())
+            rows.append(np.concatenate(row))
+        return np.stack(rows)
+
+    def config(self) -> dict[str, Any]:
+        return {"probes": self.probes, "probe_kind": self.probe_kind,
+                "probe_seed": self.probe_seed}
 
 
 class PermutedRun:

@@ -304,8 +304,11 @@ def fit_predictor(
             each run (0.2 = the first 20 % of its snapshots).
         features: ``"stats"`` (per-layer weight statistics per snapshot, mixed architectures
             allowed), ``"loss-curve"`` (logged scalars only), ``"flat"`` (raw weights),
-            ``"encoder"`` (the temporal encoder + invariant readout + head, trained end to end
-            on the task: :class:`~hyperlapse.predict.encoder.EncoderFeatures`), or a
+            ``"probe-outputs"`` (the network's outputs on fixed probe inputs:
+            :class:`~hyperlapse.predict.features.ProbeOutputs`), ``"encoder"`` (the temporal
+            encoder + invariant readout + head, trained end to end on the task, with
+            ``feature_options={"probes": P}`` reading every neuron's values on ``P`` probe
+            inputs: :class:`~hyperlapse.predict.encoder.EncoderFeatures`), or a
             :class:`~hyperlapse.predict.features.FeatureExtractor`.
         model: ``"gbt"`` (histogram gradient-boosted trees; the default for fixed features),
             ``"linear"`` (logistic/ridge regression on standardised features), ``"mlp"``, or

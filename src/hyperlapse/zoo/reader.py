@@ -61,6 +61,20 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
     return manifest
 
 
+def _with_sine_frequencies(arch: dict[str, Any], activations: Any) -> dict[str, Any]:
+    """Zoos built before architectures recorded ``"sine(<w0>)"`` name a ``sin(w0 x)`` layer
+    plain ``"sine"`` (``w0 = 1``); the build's own ``activations`` (e.g. ``"sine(30)"``)
+    still hold the frequency, so the per-run architecture evaluates to the trained network."""
+    layers = arch.get("layers") if isinstance(arch, dict) else None
+    if not isinstance(activations, list) or not isinstance(layers, list) or \
+            len(activations) != len(layers) - 1:
+        return arch
+    fixed = [dict(layer, activation=act) if layer.get("activation") == "sine"
+             and isinstance(act, str) and act.startswith("sine(") else layer
+             for layer, act in zip(layers, activations + [None], strict=True)]
+    return {**arch, "layers": fixed}
+
+
 class _Population:
     """One population store, its arrays loaded on first use (a population is small)."""
 
@@ -80,7 +94,7 @@ class _Population:
         self.run_index = info.get("run_index") or list(
             range(self.first_run, self.first_run + self.runs)
         )
-        self.architecture = info["architecture"]
+        self.architecture = _with_sine_frequencies(info["architecture"], info.get("activations"))
         self.labels = {k: np.asarray(v) for k, v in info.get("labels", {}).items()}
         self.last_step = info.get("last_step")
         names = self.trajectory.param_names

@@ -4,8 +4,11 @@ background to a crash-safe Zarr store.
 Threads:
 
 * training thread: :meth:`TrajectoryRecorder.capture` copies all parameters into a free buffer
-  of a small pool and puts it on a bounded queue. Nothing else.
-* writer thread: waits for the copy (CUDA event), buffers the snapshot in the
+  of a small pool and puts it on a bounded queue. With ``writes="inline"`` it also writes the
+  snapshot's bytes into their slot of the shard file (fill-in-place stores) and puts only the
+  step, time and metrics on the queue.
+* writer thread: waits for the copy (CUDA event), writes (background writes) or just counts
+  (inline writes) the snapshot in the
   :class:`~hyperlapse.store.writer.StoreWriter`, writes and commits whole shards, flushes at least
   every ``flush_every_s`` seconds, returns the buffer to the pool.
 * report thread (only with ``report=``): calls ``report.on_snapshot`` from its own small queue,

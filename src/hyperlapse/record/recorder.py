@@ -202,10 +202,9 @@ class TrajectoryRecorder:
             while torch's threads are idle; the writer thread still commits: metadata, fsync,
             ``committed``), "background" (the writer thread), or "auto" (default): inline
             where torch uses as many threads as the process has cores (on CPU; a background
-            writer there competes with torch's threads and cost more than the write itself,
-            measured in docs/recording.md), else background. Object stores, compressed
-            stores, O_DIRECT and CUDA models always write in the background. The store's
-            attrs ``writes`` say which was used.
+            writer there competes with torch's threads, docs/recording.md), else background.
+            Object stores, compressed stores, O_DIRECT and CUDA models always write in the
+            background. The store's attrs ``writes`` say which was used.
 
     Raises:
         ConfigError: an invalid argument (checked here, never on the hot path).

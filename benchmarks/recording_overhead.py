@@ -10,6 +10,10 @@ and 2,000 steps, with these variants:
                                ``compression`` and ``fsync``; timed with ``close()`` included
                                (``total``) and excluded (``loop``);
 * ``hyperlapse_{10,1}_none``   the same with ``compression="none"``;
+* ``hyperlapse_{10,1}_background`` the default with ``writes="background"``: the writer thread
+                               writes each snapshot's bytes (the default ``writes="auto"`` lets
+                               the training thread write them where torch's threads use every
+                               core, as here; the results' ``writes`` column says which ran);
 * ``floor_buffered_{10,1}``    the floor: copy all parameters (``torch._foreach_copy_``) into one
                                page-aligned (anonymous ``mmap``) buffer and write its bytes with a
                                synchronous ``os.pwrite`` into a preallocated file;
@@ -62,6 +66,7 @@ import argparse
 import gc
 import inspect
 import json
+import math
 import mmap
 import os
 import platform
@@ -93,11 +98,13 @@ VARIANTS = [
     "bare",
     "hyperlapse_10",
     "hyperlapse_10_none",
+    "hyperlapse_10_background",
     "floor_buffered_10",
     "floor_direct_10",
     "torch_save_10",
     "hyperlapse_1",
     "hyperlapse_1_none",
+    "hyperlapse_1_background",
     "floor_buffered_1",
     "floor_direct_1",
     "torch_save_1",
@@ -241,7 +248,10 @@ def run_once(
     ts = time.perf_counter()
     if kind == "hyperlapse":
         compression = "none" if variant.endswith("_none") else DEFAULT_COMPRESSION
-        rec = TrajectoryRecorder(out / "run.zarr", model, every=every, compression=compression)
+        writes = "background" if variant.endswith("_background") else "auto"
+        rec = TrajectoryRecorder(
+            out / "run.zarr", model, every=every, compression=compression, writes=writes
+        )
     elif kind == "floor":
         floor = Floor(
             params,
@@ -290,6 +300,7 @@ def run_once(
         result["snapshots"] = ov["snapshots"]
         result["dropped"] = ov["snapshots_dropped"]
         result["blocked_s_per_snapshot"] = loop_overhead["capture_mean_s"]
+        result["io_path"] = f"{rec.writer.io_path}, {rec.writes}"
         result["writer_cpu_s_per_snapshot"] = ov["writer_cpu_s"] / max(ov["snapshots"], 1)
         if verify:
             traj = open_trajectory(out / "run.zarr")
@@ -327,12 +338,15 @@ def bench_group(
     rng: random.Random,
     max_run_bytes: float,
     log: Callable[[str], None],
+    only: list[str] = VARIANTS,
 ) -> dict[str, Any]:
     """Every variant of one model and run length, ``repeats`` times interleaved."""
     widths = MODELS[name]
     nbytes = param_bytes(widths)
     every_step = (steps + 1) * nbytes <= max_run_bytes
-    variants = [v for v in VARIANTS if every_step or not _is_every_step(v)]
+    variants = [
+        v for v in VARIANTS if (every_step or not _is_every_step(v)) and v in only
+    ]
     for v in ("hyperlapse_1", "bare"):  # warm-up: imports, allocator, page cache
         run_once(widths, min(steps, 30), v, root)
     runs: dict[str, list[dict]] = {v: [] for v in variants}
@@ -346,7 +360,7 @@ def bench_group(
 
 
 def _is_every_step(variant: str) -> bool:
-    return variant.endswith("_1") or variant.endswith("_1_none")
+    return re.search(r"_1(_|$)", variant) is not None
 
 
 def summarise_group(
@@ -375,7 +389,7 @@ def summarise_group(
         if v.startswith("floor") and v.endswith("_10")
         for r in rs
     ]
-    group["bare_copy_ms"] = spread([c * 1e3 for c in copies])
+    group["bare_copy_ms"] = spread([c * 1e3 for c in copies] or [math.nan])
     for v, rs in runs.items():
         e: dict[str, Any] = {"runs": rs}
         for key in ("total", "loop"):
@@ -565,9 +579,15 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
     for g in results["groups"].values():
         v = g["variants"]
         label = f"{g['model']} {g['steps']} steps"
-        for comp, suffix in ((DEFAULT_COMPRESSION, ""), ("none", "_none")):
+        # rows for the background writes are shown, not judged (their "compression" label is
+        # not the default's)
+        for comp, suffix in (
+            (DEFAULT_COMPRESSION, ""),
+            ("none", "_none"),
+            (f"{DEFAULT_COMPRESSION}, writes=background", "_background"),
+        ):
             hl = v.get("hyperlapse_10" + suffix)
-            if hl is None:
+            if hl is None or "floor_buffered_10" not in v or "floor_direct_10" not in v:
                 continue
             added = _med(hl, "total_ratio") - 1.0
             floor_added = _med(v["floor_buffered_10"], "total_ratio") - 1.0
@@ -588,7 +608,7 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
                 }
             )
             hl1 = v.get("hyperlapse_1" + suffix)
-            if hl1 is not None:
+            if hl1 is not None and {"torch_save_1", "floor_direct_1", "floor_buffered_1"} <= set(v):
                 ts_added = _med(v["torch_save_1"], "total_ms_per_step_added")
                 hl_added = _med(hl1, "total_ms_per_step_added")
                 every1.append(
@@ -866,6 +886,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=3.0,
         help="skip every-step variants of runs writing more than this",
     )
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated variants to run (bare is always run; a quick A/B, e.g. "
+        "hyperlapse_10,hyperlapse_10_background,floor_buffered_10); verdicts need the default set",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument(
         "--dir",
@@ -893,6 +919,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if m not in MODELS:
             ap.error(f"unknown model {m!r}: expected some of {sorted(MODELS)}")
     lengths = [int(s) for s in args.lengths.split(",") if s.strip()]
+    only = VARIANTS
+    if args.variants:
+        only = ["bare"] + [v.strip() for v in args.variants.split(",") if v.strip() != "bare"]
+        for v in only:
+            if v not in VARIANTS:
+                ap.error(f"unknown variant {v!r}: expected some of {VARIANTS}")
     if args.quick:
         models, lengths = ["tiny"], [20]
     parent = Path(args.dir) if args.dir else HERE
@@ -919,7 +951,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cheap = 2 if m == "tiny" else 1
                 repeats = args.repeats or (2 if args.quick else (7 if steps <= 500 else 3) * cheap)
                 log(f"{m} {steps} steps, {repeats} repeats")
-                g = bench_group(m, steps, repeats, root, rng, args.max_run_gb * 1e9, log)
+                g = bench_group(
+                    m, steps, repeats, root, rng, args.max_run_gb * 1e9, log, only
+                )
                 if not g["every_step_measured"]:
                     results["skipped"].append(
                         f"every-step variants of {m} at {steps} steps "

@@ -31,6 +31,7 @@ PASSTHROUGH = (
     "compression",
     "probes",
     "architecture",
+    "writes",
 )
 
 

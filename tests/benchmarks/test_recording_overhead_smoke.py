@@ -63,7 +63,9 @@ def test_quick_recording_overhead(tmp_path, load_benchmark) -> None:
     ver = results["verdicts"]
     assert set(ver) == {"every10", "every1", "blocking", "close", "growth"}
     for row in ver["every10"]["rows"]:
-        suffix = "" if row["compression"] == bench.DEFAULT_COMPRESSION else "_none"
+        suffix = {bench.DEFAULT_COMPRESSION: "", "none": "_none"}.get(
+            row["compression"], "_background"
+        )
         added = v["hyperlapse_10" + suffix]["total_ratio"]["median"] - 1
         floor = v["floor_buffered_10"]["total_ratio"]["median"] - 1
         assert math.isclose(row["hyperlapse_added"], added)

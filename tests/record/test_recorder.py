@@ -178,7 +178,8 @@ def test_block_vs_drop_under_a_slow_writer(on_full, slow_writer, tmp_path) -> No
     model = _mlp()
     captures = 40
     slow_writer.used = on_full == "drop"  # a blocking capture would wait for the gate
-    with TrajectoryRecorder(tmp_path / "r.zarr", model, on_full=on_full, queue_size=2) as rec:
+    with TrajectoryRecorder(tmp_path / "r.zarr", model, on_full=on_full, queue_size=2,
+                            writes="background") as rec:  # the pool's back-pressure
         t0 = time.perf_counter()
         for step in range(captures):
             with torch.no_grad():

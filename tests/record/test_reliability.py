@@ -117,7 +117,7 @@ def test_a_writer_death_while_the_training_thread_waits_for_a_buffer(tmp_path, m
     monkeypatch.setattr(
         TrajectoryRecorder, "_guarded", lambda self, fn, *args: fn(*args), raising=True
     )
-    rec = TrajectoryRecorder(tmp_path / "r.zarr", _mlp(), queue_size=1)
+    rec = TrajectoryRecorder(tmp_path / "r.zarr", _mlp(), queue_size=1, writes="background")
     rec.capture(step=0)  # the only buffer, held by the stuck writer
     assert entered.wait(10)
     threading.Timer(0.3, gate.set).start()  # dies while the next capture waits

@@ -1,5 +1,6 @@
 """Child of test_inplace.py: records snapshots whose weights depend only on their step (an
-O_DIRECT-sized weight), resuming the store it finds, until it is SIGKILLed."""
+O_DIRECT-sized weight; argv: the store and the recorder's ``writes``), resuming the store
+it finds, until it is SIGKILLed."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from torch import nn
 from hyperlapse import TrajectoryRecorder
 
 
-def main(path: str) -> None:
+def main(path: str, writes: str = "auto") -> None:
     torch.set_num_threads(1)
     model = nn.Linear(128, 160)
-    rec = TrajectoryRecorder(path, model, snapshots_per_chunk=8, flush_every_s=0.1)
+    rec = TrajectoryRecorder(path, model, snapshots_per_chunk=8, flush_every_s=0.1,
+                             writes=writes)
     step = -1 if rec.writer.committed == 0 else rec.current_step
     print("ready", flush=True)
     while True:
@@ -29,4 +31,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -269,16 +269,19 @@ def test_writes_per_snapshot_and_at_close_do_not_grow_with_the_run(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_sigkill_of_an_odirect_writer_keeps_every_committed_snapshot(tmp_path) -> None:
-    if not inplace.direct_io_supported(tmp_path):
+@pytest.mark.parametrize("io, writes", [("odirect", "background"), ("buffered", "inline")])
+def test_sigkill_of_an_inplace_writer_keeps_every_committed_snapshot(tmp_path, io, writes):
+    """O_DIRECT from the writer thread, and buffered writes from the training thread (killed
+    in the middle of a snapshot's write as likely as anywhere else)."""
+    if io == "odirect" and not inplace.direct_io_supported(tmp_path):
         pytest.skip("this filesystem refuses O_DIRECT")
     path = tmp_path / "run.zarr"
     child = Path(__file__).parent / "_inplace_child.py"
     committed = 0
     for kill in range(4):
-        env = {**os.environ, "HYPERLAPSE_WRITER_IO": "odirect"}
-        proc = subprocess.Popen([sys.executable, str(child), str(path)], stdout=subprocess.PIPE,
-                                text=True, env=env)
+        env = {**os.environ, "HYPERLAPSE_WRITER_IO": io}
+        proc = subprocess.Popen([sys.executable, str(child), str(path), writes],
+                                stdout=subprocess.PIPE, text=True, env=env)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.3 + 0.2 * kill)
@@ -287,7 +290,7 @@ def test_sigkill_of_an_odirect_writer_keeps_every_committed_snapshot(tmp_path) -
         proc.stdout.close()
         traj = open_trajectory(path)
         if len(traj):  # stored with the first commit
-            assert traj.attrs["writer_io"] == "odirect"
+            assert traj.attrs["writer_io"] == io and traj.attrs["writes"] == writes
         assert len(traj) >= committed  # a committed snapshot is never lost
         committed = len(traj)
         for t in range(committed):

@@ -4,8 +4,11 @@ background to a crash-safe Zarr store.
 Threads:
 
 * training thread: :meth:`TrajectoryRecorder.capture` copies all parameters into a free buffer
-  of a small pool and puts it on a bounded queue. Nothing else.
-* writer thread: waits for the copy (CUDA event), buffers the snapshot in the
+  of a small pool and puts it on a bounded queue. With ``writes="inline"`` it also writes the
+  snapshot's bytes into their slot of the shard file (fill-in-place stores) and puts only the
+  step, time and metrics on the queue.
+* writer thread: waits for the copy (CUDA event), writes (background writes) or just counts
+  (inline writes) the snapshot in the
   :class:`~hyperlapse.store.writer.StoreWriter`, writes and commits whole shards, flushes at least
   every ``flush_every_s`` seconds, returns the buffer to the pool.
 * report thread (only with ``report=``): calls ``report.on_snapshot`` from its own small queue,
@@ -112,10 +115,21 @@ class _BufferPool:
 
 
 class _Item:
-    __slots__ = ("buf", "step", "wall_time", "metrics")
+    """One captured snapshot for the writer thread. ``finite`` is set when the training thread
+    already wrote its bytes (inline writes); ``buf`` is then ``None`` unless a report needs it."""
 
-    def __init__(self, buf: CaptureBuffer, step: int, wall_time: float, metrics: _MetricsSlot):
+    __slots__ = ("buf", "step", "wall_time", "metrics", "finite")
+
+    def __init__(
+        self,
+        buf: CaptureBuffer | None,
+        step: int,
+        wall_time: float,
+        metrics: _MetricsSlot,
+        finite: bool | None = None,
+    ):
         self.buf, self.step, self.wall_time, self.metrics = buf, step, wall_time, metrics
+        self.finite = finite
 
 
 def check_dtype_and_on_full(dtype: str | torch.dtype, on_full: str) -> str:
@@ -183,6 +197,14 @@ class TrajectoryRecorder:
             :func:`hyperlapse.arch.describe_population` for parameters with a leading run axis
             (``hyperlapse.zoo``). Checked against the parameters' names and shapes, stored in
             the store's ``architecture`` attribute; no not-an-MLP warning.
+        writes: which thread writes each snapshot's bytes into a local uncompressed store
+            (``writer_io`` "buffered"): "inline" (the training thread, right after its copy,
+            while torch's threads are idle; the writer thread still commits: metadata, fsync,
+            ``committed``), "background" (the writer thread), or "auto" (default): inline
+            where torch uses as many threads as the process has cores (on CPU; a background
+            writer there competes with torch's threads, docs/recording.md), else background.
+            Object stores, compressed stores, O_DIRECT and CUDA models always write in the
+            background. The store's attrs ``writes`` say which was used.
 
     Raises:
         ConfigError: an invalid argument (checked here, never on the hot path).
@@ -230,8 +252,14 @@ class TrajectoryRecorder:
         probes: Any = None,
         compression: str = "auto",
         architecture: Mapping[str, Any] | None = None,
+        writes: str = "auto",
     ) -> None:
         self._schedule = make_schedule(every, schedule)
+        if writes not in ("auto", "inline", "background"):
+            raise ConfigError(
+                f"Expected writes to be 'auto', 'inline' (the training thread writes each "
+                f"snapshot) or 'background' (the writer thread does), but got {writes!r}."
+            )
         fmt_compression = resolve_compression(check_compression(compression), path)
         dtype = check_dtype_and_on_full(dtype, on_full)
         if flush_every_s is not None and not (
@@ -346,6 +374,9 @@ class TrajectoryRecorder:
         )
         if probe_data is not None:
             self.writer.write_probes(probe_data)
+        self.writes = _resolve_writes(writes, self.writer.io_path, self._layout.pinned)
+        self._inline = self.writes == "inline"
+        self.writer.writes = self.writes
         short = short_flush_warning(flush_every_s, self.writer.io_path or "zarr")
         if short is not None:
             warnings.warn(short, HyperlapseWarning, stacklevel=2)
@@ -484,16 +515,34 @@ class TrajectoryRecorder:
         else:
             buf = self._take_buffer()
         self._layout.copy_into(buf, self._tensors)
+        finite = None
+        if self._inline:
+            finite = self._write_inline(buf)
+            if self._report is None:  # nobody else reads the copy: the buffer is free again
+                self._free.put(buf)
+                buf = None
         slot = _MetricsSlot(self._step, self._pending_metrics)
         self._pending_metrics = {}
         self._slot = slot
-        self._work.put(_Item(buf, self._step, time.time(), slot))
+        self._work.put(_Item(buf, self._step, time.time(), slot, finite))
         self._last_captured = self._step
         self._captures += 1
         spent = time.perf_counter() - t0
         self._blocked_s += spent
         self._capture_max_s = max(self._capture_max_s, spent)
         return True
+
+    def _write_inline(self, buf: CaptureBuffer) -> bool:
+        """Write the snapshot's bytes into its slot on this (the training) thread; a failure
+        ends the recording like a writer failure does (WriterError now and at every capture)."""
+        assert self.writer is not None
+        try:
+            return self.writer.write_data(self._layout.to_numpy(buf))
+        except BaseException as exc:  # noqa: BLE001 - raised below as WriterError
+            self._free.put(buf)
+            self._set_error(exc)
+            self._raise_pending(always=True)
+            raise
 
     def _take_buffer(self) -> CaptureBuffer:
         """A free capture buffer; waits while the writer is busy, raises once it is dead."""
@@ -686,7 +735,8 @@ class TrajectoryRecorder:
 
         Returns:
             ``snapshots`` (captured), ``snapshots_dropped`` (``on_full="drop"``),
-            ``training_blocked_s`` (seconds the training thread spent in captures, waiting for
+            ``training_blocked_s`` (seconds the training thread spent in captures: the copy,
+            with ``writes="inline"`` the write of the snapshot's bytes, and any wait for
             a free buffer included), ``capture_mean_s`` and ``capture_max_s`` (training-thread
             seconds per snapshot), ``writer_cpu_s`` (CPU seconds of the writer thread:
             checks, compression, file writes), ``report_cpu_s`` (CPU seconds of the report
@@ -752,7 +802,8 @@ class TrajectoryRecorder:
                     done.set()
                 continue
             self._guarded(self._write, item)
-            self._free.put(item.buf)
+            if item.buf is not None:
+                self._free.put(item.buf)
 
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` unless the writer already failed; keep its exception for the trainer.
@@ -774,17 +825,20 @@ class TrajectoryRecorder:
     def _write(self, item: _Item) -> None:
         writer = self.writer
         assert writer is not None
-        item.buf.wait()
+        buf = item.buf
+        if buf is not None:
+            buf.wait()
         index = writer.committed + writer.pending
         report_state = (
-            self._layout.to_tensors(item.buf)
-            if self._report is not None and self._report_failure is None
+            self._layout.to_tensors(buf)
+            if buf is not None and self._report is not None and self._report_failure is None
             else None
         )
         writer.dropped = self._dropped
         writer.recording_cost = self.overhead()  # append commits when a shard is complete
+        state = None if item.finite is not None else self._layout.to_numpy(buf)  # type: ignore[arg-type]
         if writer.append(
-            self._layout.to_numpy(item.buf), item.step, item.wall_time, item.metrics.seal
+            state, item.step, item.wall_time, item.metrics.seal, finite=item.finite
         ):
             self._nonfinite_seen = True
         self._bytes_handed += self._layout.nbytes
@@ -918,6 +972,19 @@ class TrajectoryRecorder:
                 HyperlapseWarning,
                 stacklevel=3,
             )
+
+
+def _resolve_writes(writes: str, io_path: str | None, pinned: bool) -> str:
+    """"inline" or "background": see the recorder's ``writes`` argument."""
+    if io_path != "buffered" or pinned or writes == "background":
+        return "background"
+    if writes == "inline":
+        return "inline"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return "inline" if torch.get_num_threads() >= cores else "background"
 
 
 def _io_threads_cpu_s() -> float:

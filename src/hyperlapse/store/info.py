@@ -116,6 +116,7 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
         "recording_cost": attrs.get("recording_cost"),
         "write_amplification": attrs.get("write_amplification"),
         "writer_io": attrs.get("writer_io"),
+        "writes": attrs.get("writes"),
         "writer": attrs.get("writer"),
         "writer_alive": writer_alive(attrs.get("writer")),
         "verified": verify,
@@ -180,7 +181,9 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append("recording    " + ", ".join(_cost_text(k, v) for k, v in cost.items()))
     io = info.get("writer_io")
     if io:
-        lines.append(f"writer io    {io} ({_IO_TEXT.get(io, 'unknown')})")
+        by = {"inline": "; bytes written by the training thread, committed by the writer thread",
+              "background": "; by the writer thread"}.get(info.get("writes") or "", "")
+        lines.append(f"writer io    {io} ({_IO_TEXT.get(io, 'unknown')}{by})")
     if isinstance(info.get("write_amplification"), (int, float)):
         lines.append(f"written      {info['write_amplification']:.2f} bytes per byte of data "
                      f"(zarr path: rewrites of partial shards at time flushes; in place: "

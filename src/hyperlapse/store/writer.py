@@ -147,11 +147,17 @@ class StoreWriter:
         self.flush_every_s = flush_every_s
         self.fsync = bool(fsync) and not fmt.is_url(location)
         self.recording_cost: dict[str, Any] | None = None
+        #: which thread writes snapshot bytes ("inline" / "background"), set by the recorder;
+        #: stored in the attrs on commit when not ``None``
+        self.writes: str | None = None
         self.dropped = 0
         self.report_dropped = 0
         self.nonfinite = 0
         self.bytes_written = 0
         self.payload_bytes = 0
+        # counted by write_data, which may run on another thread (see write_data)
+        self._data_bytes = 0
+        self._data_payload = 0
         self.flushes = 0
         self._dirty: set[str] = set()
         self._lock: WriterLock | None = None
@@ -378,6 +384,7 @@ class StoreWriter:
                 self._resume_shards()
         elif self.written % self.k:
             self._load_partial_shard()
+        self._next = self.written  # next slot write_data fills
         self._steps = np.empty(self.k, dtype=np.int64)
         self._walls = np.empty(self.k, dtype=np.float64)
         self._metrics: list[MetricsLike] = []
@@ -424,8 +431,7 @@ class StoreWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             stage = self._stage if name in self._direct else None
             self._files[name] = ShardFile.create(path, self.k, cs, stage)
-            self.bytes_written += 16 * self.k + 4
-            self._dirty.add(str(path.relative_to(fmt.local_path(self.location))))
+            self._data_bytes += 16 * self.k + 4
 
     def _resume_shards(self) -> None:
         """Fill-in-place, resuming inside a shard: continue its files where ``committed`` ends."""
@@ -481,19 +487,23 @@ class StoreWriter:
 
     def append(
         self,
-        state: Mapping[str, np.ndarray],
+        state: Mapping[str, np.ndarray] | None,
         step: int,
         wall_time: float,
         metrics: MetricsLike | None = None,
+        *,
+        finite: bool | None = None,
     ) -> bool:
         """Buffer one snapshot (first writing the previous shard if it is complete).
 
         Args:
-            state: name -> array in the stored dtype and shape (bfloat16 as uint16 bits).
+            state: name -> array in the stored dtype and shape (bfloat16 as uint16 bits), or
+                ``None`` when :meth:`write_data` already wrote this snapshot's bytes.
             step: optimizer step of the snapshot.
             wall_time: seconds since the epoch.
             metrics: scalars, or a callable returning them that is called at flush time (so the
                 recorder can still add values logged after the capture).
+            finite: with ``state=None``: what :meth:`write_data` returned.
 
         Returns:
             Whether the snapshot holds a NaN or infinite value (it is stored anyway).
@@ -501,27 +511,10 @@ class StoreWriter:
         if self.pending and (self.written + self.pending) % self.k == 0:
             self.flush()  # the previous shard is complete: write it whole
         i = self.pending
-        inplace = self.io_path != "zarr"
-        if inplace and (self.written + i) % self.k == 0:
-            self._start_shards((self.written + i) // self.k)
-        finite = True
-        for p in self.parameters:
-            name = p["name"]
-            value = state[name]
-            if finite and p["dtype"] in ("float32", "float16", "float64"):
-                finite = bool(np.isfinite(value).all())
-            elif finite and p["dtype"] == "bfloat16":
-                finite = not _bf16_nonfinite(value)
-            if name in self._empty:
-                chunk = b""
-            elif inplace:  # straight from the caller's array into the shard file
-                self.bytes_written += self._files[name].write(_raw_bytes(value))
-                self.payload_bytes += self._cs[name]
-                continue
-            else:
-                chunk = self._encoders[name](value)
-            self.payload_bytes += len(chunk)
-            self._chunks[name].append(chunk)
+        if state is not None:
+            finite = self.write_data(state) if self.io_path != "zarr" else self._encode(state)
+        elif self.io_path == "zarr" or self._next <= self.written + i:
+            raise ValueError("append(None) without a snapshot written by write_data()")
         self._steps[i] = step
         self._walls[i] = wall_time
         self._metrics.append(metrics if metrics is not None else {})
@@ -530,6 +523,49 @@ class StoreWriter:
         if not finite:
             self.nonfinite += 1
         return not finite
+
+    def write_data(self, state: Mapping[str, np.ndarray]) -> bool:
+        """Fill-in-place paths: write the next snapshot's bytes (and CRC32C) into its slot now;
+        :meth:`append` with ``state=None`` must follow for it, in the same order.
+
+        This half touches only the shard files (starting the next shard's files at a shard
+        boundary) and its own counters, so one other thread may call it while this writer's
+        thread appends, flushes and commits earlier snapshots (the recorder's inline writes:
+        the training thread writes, the writer thread commits). A snapshot counts only once
+        :meth:`append` has taken it; a commit makes it durable, so a crash between the two
+        leaves bytes in an uncommitted slot, which readers never look at.
+
+        Returns:
+            Whether the snapshot is finite (no NaN or infinite value).
+        """
+        i = self._next
+        if i % self.k == 0:
+            self._start_shards(i // self.k)
+        finite = True
+        for p in self.parameters:
+            name = p["name"]
+            value = state[name]
+            if finite:
+                finite = _finite(value, p["dtype"])
+            if name in self._empty:
+                continue
+            self._data_bytes += self._files[name].write(_raw_bytes(value))
+            self._data_payload += self._cs[name]
+        self._next = i + 1
+        return finite
+
+    def _encode(self, state: Mapping[str, np.ndarray]) -> bool:
+        """Zarr path: compress each parameter into its inner chunk, kept until its flush."""
+        finite = True
+        for p in self.parameters:
+            name = p["name"]
+            value = state[name]
+            if finite:
+                finite = _finite(value, p["dtype"])
+            chunk = b"" if name in self._empty else self._encoders[name](value)
+            self.payload_bytes += len(chunk)
+            self._chunks[name].append(chunk)
+        return finite
 
     def flush_due(self) -> float | None:
         """Seconds until a time flush is due (<= 0: due now); ``None`` when nothing is pending."""
@@ -601,11 +637,12 @@ class StoreWriter:
         for name in self._arrays:
             if end % self.k == 0:
                 self._chunks[name] = []
-        root = fmt.local_path(self.location)
-        for f in self._files.values():  # fill-in-place: written at append, made durable here
-            if f.dirty:
-                self._dirty.add(str(f.path.relative_to(root)))
-                f.dirty = False
+        if self.io_path != "zarr":  # written by write_data, made durable here (by path: the
+            # files may be written meanwhile by another thread, see write_data)
+            root = fmt.local_path(self.location)
+            for s in range(start // self.k, (end - 1) // self.k + 1):
+                for name in self._cs:
+                    self._dirty.add(str(self._shard_file(name, s).relative_to(root)))
         self._write_scalar(fmt.STEP, start, self._steps[:n])
         self._write_scalar(fmt.WALL_TIME, start, self._walls[:n])
         for name in self.metric_names:
@@ -661,6 +698,7 @@ class StoreWriter:
             "writer": owner,
             "write_amplification": round(self.write_amplification, 3),
             **({"writer_io": self.io_path} if self.io_path is not None else {}),
+            **({"writes": self.writes} if self.writes is not None else {}),
             **extra,
         }
         if self.recording_cost is not None:
@@ -686,6 +724,7 @@ class StoreWriter:
             self.last_step = int(steps[keep - 1]) if keep else None
             self._chunks = {name: [] for name in self._arrays}
             self._close_files()
+            self._next = keep
             if keep % self.k:
                 self._resume_shards() if self.io_path != "zarr" else self._load_partial_shard()
         return self.written
@@ -714,6 +753,8 @@ class StoreWriter:
         """Fill-in-place: the last, partial shard is to list only the chunks it holds. Writes
         its new index (ShardFile.finish) and returns the files to cut once that is durable."""
         files = list(self._files.values()) if self.written % self.k else []
+        for f in files:  # the committed count, not the slots write_data started
+            f.n = self.written % self.k
         cut = [f for f in files if f.finish(self.fsync)]
         root = fmt.local_path(self.location)
         for f in files:
@@ -783,7 +824,9 @@ class StoreWriter:
     def write_amplification(self) -> float:
         """Bytes written per byte of snapshot data (1.0 plus rewrites: partial shards on the
         zarr path; indexes and shared O_DIRECT pages in place)."""
-        return self.bytes_written / max(self.payload_bytes, 1)
+        return (self.bytes_written + self._data_bytes) / max(
+            self.payload_bytes + self._data_payload, 1
+        )
 
 
 def short_flush_warning(flush_every_s: float | None, io_path: str = "zarr") -> str | None:
@@ -872,6 +915,15 @@ def _as_float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def _finite(value: np.ndarray, dtype: str) -> bool:
+    """Whether one parameter's snapshot holds no NaN or infinite value (integers: always)."""
+    if dtype in ("float32", "float16", "float64"):
+        return bool(np.isfinite(value).all())
+    if dtype == "bfloat16":
+        return not _bf16_nonfinite(value)
+    return True
 
 
 def _bf16_nonfinite(bits: np.ndarray) -> bool:

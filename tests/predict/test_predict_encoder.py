@@ -25,6 +25,14 @@ def fitted():
     return p, runs, scales
 
 
+def _assert_round_trip(p, runs, tmp_path):
+    """Saved and loaded, the predictor has the same configuration and the same predictions."""
+    p.save(tmp_path / "p.pt")
+    q = Predictor.load(tmp_path / "p.pt")
+    np.testing.assert_array_equal(q.predict(runs), p.predict(runs))
+    assert q.features.config() == p.features.config()
+
+
 def test_the_metanetwork_learns_and_round_trips(fitted, tmp_path):
     p, runs, scales = fitted
     assert p.model_name == "head" and p.k == 3 and isinstance(p.features, EncoderFeatures)
@@ -32,10 +40,7 @@ def test_the_metanetwork_learns_and_round_trips(fitted, tmp_path):
     assert len(losses) == FAST["epochs"] and losses[-1] < 0.5 * losses[0]
     mse = p.score(runs[1::2], scales[1::2])  # held-out runs
     assert mse < 0.5 * np.var(scales)  # beats predicting the mean
-    p.save(tmp_path / "p.pt")
-    q = Predictor.load(tmp_path / "p.pt")
-    np.testing.assert_array_equal(q.predict(runs), p.predict(runs))
-    assert q.features.config() == p.features.config()
+    _assert_round_trip(p, runs, tmp_path)
 
 
 def test_predictions_are_invariant_to_hidden_permutations(fitted):
@@ -117,10 +122,7 @@ def test_probe_features_widen_the_node_features_and_round_trip(probed, tmp_path)
     assert p.features.fitted["in_features"] == NODE_FEATURES + 9
     saved = torch.tensor(p.features.fitted["probe_inputs"]["2"], dtype=torch.float64)
     assert torch.equal(saved, probe_inputs(2, 9))  # the 3 x 3 grid, saved with the model
-    p.save(tmp_path / "p.pt")
-    q = Predictor.load(tmp_path / "p.pt")
-    np.testing.assert_array_equal(q.predict(runs), p.predict(runs))
-    assert q.features.config() == p.features.config()
+    _assert_round_trip(p, runs, tmp_path)
 
 
 def test_probe_readout_is_invariant_to_hidden_permutations(probed):

@@ -541,31 +541,27 @@ class StoreWriter:
         i = self._next
         if i % self.k == 0:
             self._start_shards(i // self.k)
-        finite = True
         for p in self.parameters:
             name = p["name"]
-            value = state[name]
-            if finite:
-                finite = _finite(value, p["dtype"])
             if name in self._empty:
                 continue
-            self._data_bytes += self._files[name].write(_raw_bytes(value))
+            self._data_bytes += self._files[name].write(_raw_bytes(state[name]))
             self._data_payload += self._cs[name]
         self._next = i + 1
-        return finite
+        return self._finite_state(state)
 
     def _encode(self, state: Mapping[str, np.ndarray]) -> bool:
         """Zarr path: compress each parameter into its inner chunk, kept until its flush."""
-        finite = True
         for p in self.parameters:
             name = p["name"]
-            value = state[name]
-            if finite:
-                finite = _finite(value, p["dtype"])
-            chunk = b"" if name in self._empty else self._encoders[name](value)
+            chunk = b"" if name in self._empty else self._encoders[name](state[name])
             self.payload_bytes += len(chunk)
             self._chunks[name].append(chunk)
-        return finite
+        return self._finite_state(state)
+
+    def _finite_state(self, state: Mapping[str, np.ndarray]) -> bool:
+        """Whether no parameter of the snapshot holds a NaN or infinite value."""
+        return all(_finite(state[p["name"]], p["dtype"]) for p in self.parameters)
 
     def flush_due(self) -> float | None:
         """Seconds until a time flush is due (<= 0: due now); ``None`` when nothing is pending."""

@@ -41,6 +41,21 @@ class StoreLockedError(StoreError):
     """Another writer holds the store (one writer at a time)."""
 
 
+class StoreExistsError(StoreError, FileExistsError):
+    """A store already exists where a new one was asked for (``mode="new"``), or reopening it
+    would not continue the recorded run (``mode="auto"``/``"resume"``)."""
+
+
+class StoreNotReadyError(StoreError):
+    """The store is being created by a writer and has no readable description yet: not damage.
+    Wait for its first commit (``hyperlapse watch`` does) and try again."""
+
+
+class OutputError(HyperlapseError, OSError):
+    """An output location (report folder, predictor file) cannot be written; checked before the
+    work starts."""
+
+
 class WriterError(HyperlapseError, RuntimeError):
     """The background writer failed; raised on the training thread with the cause attached."""
 

@@ -313,3 +313,28 @@ def _check_mlp_dict(
             f"Expected an architecture of plain JSON values (it is stored in the store's "
             f"attributes), but it holds something else ({exc})."
         ) from None
+
+
+#: The ``"activation"`` of a layer whose activation could not be determined (a functional
+#: activation in a ``forward`` that could not be traced). Never analysed as the identity.
+UNKNOWN_ACTIVATION = "unknown"
+
+
+def activations_known(architecture: Mapping[str, Any] | None) -> bool:
+    """Whether every layer's activation of a ``describe_mlp``-style dict is known.
+
+    ``None`` means the identity (known); :data:`UNKNOWN_ACTIVATION` means it could not be
+    determined, and geometry that depends on the map (pullback metric, ablations) must not be
+    computed as if the layer were linear.
+
+    Example:
+        >>> activations_known({"layers": [{"activation": "relu"}, {"activation": None}]})
+        True
+        >>> activations_known({"layers": [{"activation": "unknown"}, {"activation": None}]})
+        False
+    """
+    if not architecture:
+        return False
+    return all(
+        layer.get("activation") != UNKNOWN_ACTIVATION for layer in architecture.get("layers", [])
+    )

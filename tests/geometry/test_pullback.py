@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hyperlapse.arch import describe_mlp
+from hyperlapse.arch import UNKNOWN_ACTIVATION, describe_mlp
 from hyperlapse.errors import ArchitectureError, ConfigError
 from hyperlapse.geometry.pullback import (
     activation_fn,
@@ -233,3 +233,14 @@ def test_a_sine_module_without_a_float_w0_is_plain_sine():
 def test_an_activation_that_cannot_be_evaluated_is_an_architecture_error(name):
     with pytest.raises(ArchitectureError, match="Expected an activation among"):
         activation_fn(name)
+
+
+def test_an_unknown_activation_is_never_the_identity():
+    # "unknown" is what describe_mlp records when it could not see the activation
+    with pytest.raises(ArchitectureError, match="'unknown'.*could not be determined"):
+        activation_fn(UNKNOWN_ACTIVATION)
+    net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    arch = describe_mlp(net)
+    arch["layers"][0]["activation"] = UNKNOWN_ACTIVATION
+    with pytest.raises(ArchitectureError, match="'unknown'"):
+        feature_map(net.state_dict(), arch, 1)(torch.zeros(4, 2))

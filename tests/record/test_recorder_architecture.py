@@ -14,7 +14,7 @@ from hyperlapse.errors import ConfigError, IncompatibleStoreError
 
 
 class FunctionalTanh(nn.Module):
-    """An MLP whose activation is applied in forward: describe_mlp sees no activation."""
+    """An MLP whose activation is applied in forward (describe_mlp finds it by tracing)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,8 +53,9 @@ def _stacked_arch(runs: int = 4) -> dict:
 
 def test_given_architecture_is_stored_and_used_instead_of_inference(tmp_path):
     model = FunctionalTanh()
-    assert describe_mlp(model)["layers"][0]["activation"] is None  # what inference sees
+    assert describe_mlp(model)["layers"][1]["activation"] is None  # what inference sees
     arch = _tanh_arch()
+    arch["layers"][1]["activation"] = "sigmoid"  # differs from inference: the given one wins
     with TrajectoryRecorder(tmp_path / "r.zarr", model, architecture=arch) as rec:
         rec.capture()
     assert rec.architecture == arch

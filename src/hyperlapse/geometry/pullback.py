@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ArchitectureError, ConfigError
+from ..spec import UNKNOWN_ACTIVATION
 
 # Smallest singular value admitted inside a log (relative to the dtype's tiny); one place.
 _LOG_FLOOR = {torch.float32: 1e-30, torch.float64: 1e-300}
@@ -68,7 +69,8 @@ def activation_fn(name: str | None) -> Callable[[Tensor], Tensor]:
     ``sin(30 x)`` (SIREN; plain ``"sine"`` is ``sin(x)``, i.e. ``w0 = 1``).
 
     Raises:
-        ArchitectureError: a name that is none of these (or not a string).
+        ArchitectureError: ``"unknown"`` (:data:`hyperlapse.arch.UNKNOWN_ACTIVATION`: never the
+            identity), or a name that is none of these (or not a string).
 
     Example:
         >>> activation_fn("leaky_relu(0.5)")(torch.tensor([-2.0, 2.0]))
@@ -78,6 +80,14 @@ def activation_fn(name: str | None) -> Callable[[Tensor], Tensor]:
     """
     if name is None:
         return lambda t: t
+    if name == UNKNOWN_ACTIVATION:
+        raise ArchitectureError(
+            f"Expected a known activation, but this layer's is {UNKNOWN_ACTIVATION!r}: it could "
+            f"not be determined when the model was recorded (a functional activation in a "
+            f"forward that torch.fx could not trace), and computing the geometry as if the layer "
+            f"were linear would be wrong. Record again with architecture= naming the activations "
+            f"(see hyperlapse.describe_mlp), or use activation modules (nn.ReLU, ...)."
+        )
     if isinstance(name, str):
         match = re.fullmatch(r"(leaky_relu|sine)\(([-+0-9.eE]+)\)", name)
         if match:

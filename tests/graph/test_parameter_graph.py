@@ -225,7 +225,7 @@ def test_not_an_mlp_is_rejected_by_name():
         ParameterGraph.from_module(model)
     with pytest.raises(ArchitectureError, match="got None"):
         ParameterGraph.from_state_dict(model.state_dict(), None)
-    with pytest.raises(ArchitectureError, match="kind 'mlp'"):
+    with pytest.raises(ArchitectureError, match=r"architecture\['kind'\] to be 'mlp'"):
         ParameterGraph.from_state_dict({}, {"kind": "cnn"})
 
 
@@ -238,7 +238,7 @@ def test_missing_or_misshaped_parameter_is_named():
         ParameterGraph.from_state_dict(state, arch)
     state = dict(net.state_dict())
     state["0.weight"] = torch.zeros(4, 5)
-    with pytest.raises(ArchitectureError, match=r"'0\.weight'.*shape \(4, 5\), expected \(4, 3\)"):
+    with pytest.raises(ArchitectureError, match=r"'0\.weight'.*shape \(4, 3\).*has shape \(4, 5\)"):
         ParameterGraph.from_state_dict(state, arch)
     # ArchitectureError is also a TypeError
     with pytest.raises(TypeError):

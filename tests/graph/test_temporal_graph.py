@@ -146,3 +146,22 @@ def test_from_a_recorded_store_matches_the_live_parameters(tmp_path):
     assert len(tg) == 4 and tg.steps.tolist() == [0, 1, 2, 3]
     for t in range(4):
         assert torch.equal(tg.edge_weights(t), live[t])
+
+
+def test_the_description_is_validated_once_not_per_snapshot(monkeypatch):
+    from hyperlapse.spec import MlpSpec
+
+    net, states = make_run(T=4)
+    arch = describe_mlp(net)
+    calls = []
+    original = MlpSpec.from_json.__func__
+    monkeypatch.setattr(MlpSpec, "from_json",
+                        classmethod(lambda cls, d: calls.append(1) or original(cls, d)))
+    tg = TemporalParameterGraph.from_states(states, arch)
+    graphs = list(tg)
+    assert len(calls) == 1
+    assert tg.spec == MlpSpec.from_json(arch) and tg.architecture == arch
+    # a spec and its JSON build the same graph
+    for g, state in zip(graphs, states, strict=True):
+        assert torch.equal(ParameterGraph.from_state_dict(state, arch).edge_weight, g.edge_weight)
+        assert g.spec is tg.spec and g.architecture == arch

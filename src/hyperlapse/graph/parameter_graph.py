@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..arch import describe_mlp, unwrap_model
+from ..arch import describe_mlp_spec, unwrap_model
 from ..errors import ConfigError
+from ..spec import MlpSpec, as_mlp_spec
 from .links import non_link_quantiles, top_fraction, top_k_incoming
 from .permute import edge_permutation, invert_permutation, node_permutation, permute_hidden
-from .state import check_architecture, check_state, layer_tensors
+from .state import check_state, layer_tensors
 
 __all__ = [
     "ParameterGraph",
@@ -154,7 +155,7 @@ class ParameterGraph:
     """One snapshot of an MLP as a graph (see the module docstring for the layout).
 
     Attributes:
-        architecture: from :func:`hyperlapse.arch.describe_mlp`.
+        spec: the MLP's :class:`~hyperlapse.spec.MlpSpec` (``architecture`` is its JSON).
         widths: ``[n_0, ..., n_L]``.
         num_nodes: ``N = sum(widths)``.
         edge_index: ``[2, E]`` int64, row 0 source (layer ``l``), row 1 target (layer ``l + 1``).
@@ -182,7 +183,7 @@ class ParameterGraph:
         (14, 22)
     """
 
-    architecture: dict[str, Any]
+    spec: MlpSpec
     widths: list[int]
     num_nodes: int
     edge_index: Tensor
@@ -203,29 +204,31 @@ class ParameterGraph:
     def from_state_dict(
         cls,
         state: dict[str, Tensor],
-        architecture: dict[str, Any],
+        architecture: MlpSpec | dict[str, Any],
         *,
         topology: dict[str, Any] | None = None,
     ) -> ParameterGraph:
         """Build the graph of a state dict (parameter name -> tensor).
 
         Args:
-            state: parameters by qualified name, as in ``architecture["layers"]``; extra
+            state: parameters by qualified name, as the architecture's layers name them; extra
                 entries (buffers, ...) are ignored.
-            architecture: from :func:`hyperlapse.arch.describe_mlp` (or a trajectory's).
+            architecture: from :func:`hyperlapse.arch.describe_mlp` (or a trajectory's), or
+                its :class:`~hyperlapse.spec.MlpSpec` (validated once instead of per call).
             topology: a cached :func:`mlp_topology` for these widths and device (optional).
 
         Raises:
             ArchitectureError: ``architecture`` is None / not an MLP, or a parameter is missing
                 or has the wrong shape (the message names it, with expected and got shapes).
         """
-        widths, _ = check_architecture(architecture)
-        weights, biases = layer_tensors(state, architecture)
+        spec = as_mlp_spec(architecture)
+        widths = list(spec.widths)
+        weights, biases = layer_tensors(state, spec)
         device = weights[0].device
         if topology is None:
             topology = mlp_topology(widths, device)
         return cls(
-            architecture=architecture,
+            spec=spec,
             widths=widths,
             num_nodes=sum(widths),
             edge_index=topology["edge_index"],
@@ -249,11 +252,16 @@ class ParameterGraph:
             ArchitectureError: the module is not a supported MLP (names the first unsupported
                 submodule; see :func:`hyperlapse.arch.describe_mlp`).
         """
-        architecture = describe_mlp(module)
+        spec = describe_mlp_spec(module)
         state = {k: v.detach() for k, v in unwrap_model(module).named_parameters()}
-        return cls.from_state_dict(state, architecture)
+        return cls.from_state_dict(state, spec)
 
     # ----------------------------------------------------------------------------- views
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """The MLP's description as JSON (:func:`hyperlapse.arch.describe_mlp`'s format)."""
+        return self.spec.to_json()
+
     @property
     def num_edges(self) -> int:
         """Number of edges E."""

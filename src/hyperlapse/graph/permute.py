@@ -10,13 +10,14 @@ the id of the same neuron or edge in the new one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..spec import MlpSpec, as_mlp_spec
 from .state import check_state
 
 __all__ = ["permute_hidden", "node_permutation", "edge_permutation", "invert_permutation"]
@@ -104,7 +105,7 @@ def edge_permutation(widths: Sequence[int], perms: Sequence[Tensor]) -> Tensor:
 
 def permute_hidden(
     state: dict[str, Tensor],
-    architecture: dict[str, Any],
+    architecture: MlpSpec | Mapping[str, Any],
     perms: Sequence[Tensor] | None = None,
     *,
     generator: torch.Generator | None = None,
@@ -116,8 +117,8 @@ def permute_hidden(
     input ``state`` is not modified.
 
     Args:
-        state: parameter name -> tensor, names as in ``architecture["layers"]``.
-        architecture: from :func:`hyperlapse.arch.describe_mlp`.
+        state: parameter name -> tensor, named as the architecture's layers name them.
+        architecture: from :func:`hyperlapse.arch.describe_mlp` (or its ``MlpSpec``).
         perms: one new -> old permutation per hidden layer; random (from ``generator``) if None.
         generator: torch generator for the random permutations.
 
@@ -136,9 +137,9 @@ def permute_hidden(
         >>> torch.allclose(net(x), twin(x), atol=1e-6)
         True
     """
-    check_state(state, architecture)
-    widths = list(architecture["widths"])
-    layers = architecture["layers"]
+    spec = as_mlp_spec(architecture)
+    check_state(state, spec)
+    widths, layers = list(spec.widths), spec.layers
     if perms is None:
         perms = [torch.randperm(n, generator=generator) for n in widths[1:-1]]
     perms = [torch.as_tensor(p).long() for p in perms]
@@ -147,11 +148,11 @@ def permute_hidden(
     for l in range(1, len(widths) - 1):
         before, after = layers[l - 1], layers[l]
         p = perms[l - 1]
-        w = new[before["weight"]]
-        new[before["weight"]] = w[p.to(w.device)]
-        if before["bias"] is not None:
-            b = new[before["bias"]]
-            new[before["bias"]] = b[p.to(b.device)]
-        w = new[after["weight"]]
-        new[after["weight"]] = w[:, p.to(w.device)]
+        w = new[before.weight]
+        new[before.weight] = w[p.to(w.device)]
+        if before.bias is not None:
+            b = new[before.bias]
+            new[before.bias] = b[p.to(b.device)]
+        w = new[after.weight]
+        new[after.weight] = w[:, p.to(w.device)]
     return new, perms

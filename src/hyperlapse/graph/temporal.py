@@ -11,9 +11,10 @@ import torch
 from torch import Tensor
 
 from ..errors import ArchitectureError, ConfigError
+from ..spec import MlpSpec, as_mlp_spec
 from .links import top_fraction
 from .parameter_graph import ParameterGraph, mlp_topology
-from .state import check_architecture, check_state
+from .state import check_state
 
 __all__ = ["TemporalParameterGraph", "TrajectoryLike"]
 
@@ -78,14 +79,15 @@ class TemporalParameterGraph:
     def __init__(
         self,
         source: TrajectoryLike,
-        architecture: dict[str, Any],
+        architecture: MlpSpec | dict[str, Any],
         *,
         start: int = 0,
         stop: int | None = None,
         stride: int = 1,
         cache: int = 2,
     ) -> None:
-        self.widths, _ = check_architecture(architecture)
+        self.spec = as_mlp_spec(architecture)  # validated once, not per snapshot
+        self.widths = list(self.spec.widths)
         if stride < 1 or start < 0 or (stop is not None and stop < start):
             raise ConfigError(
                 f"Expected 0 <= start <= stop and stride >= 1, got start={start}, stop={stop}, "
@@ -94,7 +96,6 @@ class TemporalParameterGraph:
         if cache < 0:
             raise ConfigError(f"Expected cache >= 0 snapshots, got {cache}.")
         self.source = source
-        self.architecture = architecture
         self.start, self.stop, self.stride = int(start), stop, int(stride)
         self._cache_size = cache
         self._cache: OrderedDict[int, ParameterGraph] = OrderedDict()
@@ -156,6 +157,11 @@ class TemporalParameterGraph:
         return np.asarray(self.source.steps)[r.start : r.stop : r.step].astype(np.int64)
 
     @property
+    def architecture(self) -> dict[str, Any]:
+        """The MLP's description as JSON (``self.spec`` is the typed one)."""
+        return self.spec.to_json()
+
+    @property
     def num_nodes(self) -> int:
         """N, the same for every snapshot."""
         return sum(self.widths)
@@ -188,7 +194,7 @@ class TemporalParameterGraph:
                 raise ConfigError(f"Expected a forward slice, got step {r.step}.")
             return TemporalParameterGraph(
                 self.source,
-                self.architecture,
+                self.spec,
                 start=r.start,
                 stop=max(r.stop, r.start),
                 stride=r.step,
@@ -199,12 +205,12 @@ class TemporalParameterGraph:
             self._cache.move_to_end(index)
             return self._cache[index]
         state = self.source[index]
-        check_state(state, self.architecture)
-        device = torch.as_tensor(state[self.architecture["layers"][0]["weight"]]).device
+        check_state(state, self.spec)
+        device = torch.as_tensor(state[self.spec.layers[0].weight]).device
         if device not in self._topologies:
             self._topologies[device] = mlp_topology(self.widths, device)
         topology = self._topologies[device]
-        graph = ParameterGraph.from_state_dict(state, self.architecture, topology=topology)
+        graph = ParameterGraph.from_state_dict(state, self.spec, topology=topology)
         if self._cache_size:
             self._cache[index] = graph
             while len(self._cache) > self._cache_size:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import HyperlapseError
+from .outputs import check_output_dir, check_output_file
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -87,6 +88,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    check_output_dir(args.out, kind="the demo folder (--out)", create=False)
     run_demo(out=args.out, seed=args.seed, quiet=args.quiet, fast=args.fast)
     return 0
 
@@ -157,6 +159,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from .online.analyze import analyze_store
 
+    check_output_dir(args.out, kind="the report folder (--out)", create=False)
     res = analyze_store(
         args.store, args.out, seed=args.seed, encoder=args.encoder, quiet=args.quiet,
         plots=not args.no_plots, embeddings=not args.no_embeddings, steps=args.steps,
@@ -191,6 +194,7 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
 def _cmd_watch(args: argparse.Namespace) -> int:
     from .online.analyze import watch_store
 
+    check_output_dir(args.out, kind="the report folder (--out)", create=False)
     res = watch_store(
         args.store, args.out, seed=args.seed, encoder=args.encoder, quiet=args.quiet,
         poll_s=args.poll, timeout_s=args.timeout, plots=not args.no_plots,
@@ -232,6 +236,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .online.sweep import analyze_sweep
 
+    check_output_dir(args.out, kind="the sweep folder (--out)", create=False)
     res = analyze_sweep(
         args.stores, args.out, scheduler=args.scheduler, workers=args.workers,
         quiet=args.quiet, stride=args.stride, seed=args.seed, plots=args.plots,
@@ -393,6 +398,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _cmd_predict_fit(args: argparse.Namespace) -> int:
     from .predict.predictor import cross_validate, fit_predictor, resolve_targets
 
+    check_output_file(args.out, kind="the predictor file (--out)")  # before minutes of training
     runs = _open_runs(args.runs)
     targets = resolve_targets(runs, args.target)
     kw = dict(snapshots=args.snapshots, features=args.features, model=args.model)
@@ -463,8 +469,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except HyperlapseError as exc:
+    except HyperlapseError as exc:  # says what, got and what to do: no traceback
         print(f"hyperlapse {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the environment (disk full, a path gone), not a bug: no traceback
+        print(f"hyperlapse {args.command}: error: {type(exc).__name__}: {exc}. Check the paths "
+              f"and free space, then run the command again.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"hyperlapse {args.command}: interrupted", file=sys.stderr)

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, EmptyStoreError, MissingDependencyError
+from ..errors import ConfigError, EmptyStoreError, MissingDependencyError, OutputError
+from ..outputs import check_output_file
 from .features import (
     FeatureExtractor,
     check_snapshots,
@@ -208,7 +209,14 @@ class Predictor:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the predictor to ``path`` (a ``torch.save`` file; the scikit-learn model is
-        pickled inside it: load only files you trust)."""
+        pickled inside it: load only files you trust). Its folder is created if needed.
+
+        Raises:
+            ConfigError: ``path`` is not a str or os.PathLike (e.g. bytes).
+            OutputError: ``path`` cannot be written (check it before training with
+                :func:`hyperlapse.outputs.check_output_file`, as ``predict fit`` does).
+        """
+        path = check_output_file(path, kind="the predictor file")
         blob = {
             "format": _FORMAT,
             "version": _VERSION,
@@ -222,7 +230,14 @@ class Predictor:
             "info": self.info,
             "model": torch.frombuffer(bytearray(pickle.dumps(self.model)), dtype=torch.uint8),
         }
-        torch.save(blob, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(blob, path)
+        except OSError as exc:  # e.g. the disk filled up while writing
+            raise OutputError(
+                f"Expected to write the predictor to '{path}', but writing failed: {exc}. Free "
+                f"space or choose another path."
+            ) from None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Predictor:

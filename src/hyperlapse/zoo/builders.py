@@ -37,6 +37,7 @@ import torch
 import zarr
 
 from ..errors import ConfigError, MissingDependencyError, NotAStoreError
+from ..outputs import check_output_dir
 from ..progress import Progress
 from .population import PopulationMLP, population_recorder, run_generator
 from .reader import CURVE_PREFIX, MANIFEST, ZOO_FORMAT, ZOO_VERSION, Zoo, read_manifest
@@ -435,6 +436,8 @@ def build_zoo(
     Raises:
         ConfigError: unknown zoo, bad ``runs``, or ``out`` holds a zoo built with other settings.
         NotAStoreError: ``out`` holds something that is not a zoo.
+        OutputError: ``out`` is a file, or a folder that cannot be created or written
+            (checked before anything is trained).
     """
     if name not in ZOOS:
         raise ConfigError(f"Expected a zoo name in {sorted(ZOOS)}, but got {name!r}.")
@@ -444,17 +447,14 @@ def build_zoo(
         limit = f"1..{spec.max_runs}" if spec.max_runs else ">= 1"
         raise ConfigError(f"Expected runs in {limit} for zoo '{name}', but got {runs!r}.")
     block_size = block_size or spec.block_size
-    folder = Path(out)
+    # a file, a read-only or an impossible folder: said now, not after the first block trained
+    folder = check_output_dir(out, kind="the zoo folder (--out)", create=False)
     config = {"name": name, "runs": runs, "seed": int(seed), "shared_init": bool(shared_init),
               "block_size": int(block_size)}
     if scale != 1.0:
         if not 0 < scale <= 1:
             raise ConfigError(f"Expected scale in (0, 1], but got {scale!r}.")
         config["scale"] = float(scale)
-    if folder.exists() and not folder.is_dir():
-        raise NotAStoreError(
-            f"Expected a folder for the zoo at '{folder}', but it is a file. Choose another --out."
-        )
     manifest = read_manifest(folder) if folder.exists() else None
     if manifest is None:
         if folder.exists() and any(folder.iterdir()):

@@ -263,3 +263,40 @@ def test_tied_layers_round_trip():
     assert d["layers"][1]["tied_to"] == "a" and d["layers"][1]["weight"] == "a.weight"
     assert d["layers"][0]["activation"] == "tanh"
     assert MlpSpec.from_json(d).to_json() == d
+
+
+class _Loop(nn.Module):
+    """The same modules as a Sequential, run by a loop in forward: read by tracing."""
+
+    def __init__(self, mods) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(mods)
+
+    def forward(self, x):
+        for m in self.layers:
+            x = m(x)
+        return x
+
+
+def test_tracing_and_module_order_agree_on_random_registered_mlps():
+    import random
+
+    from hyperlapse.zoo.population import Sine
+
+    acts = [nn.ReLU, nn.Tanh, lambda: nn.LeakyReLU(0.1), nn.Sigmoid, nn.GELU,
+            lambda: Sine(30.0), nn.SiLU, None]
+    rng = random.Random(0)
+    for _ in range(40):
+        depth = rng.randint(1, 4)
+        widths = [rng.randint(1, 6) for _ in range(depth + 1)]
+        mods: list[nn.Module] = []
+        for l in range(depth):
+            mods.append(nn.Linear(widths[l], widths[l + 1], bias=rng.random() < 0.8))
+            if (act := rng.choice(acts)) is not None:
+                mods.append(act())
+            if rng.random() < 0.3:
+                mods.append(nn.Dropout(0.1))
+        seq, loop = describe_mlp(nn.Sequential(*mods)), describe_mlp(_Loop(mods))
+        assert loop["widths"] == seq["widths"] == widths
+        assert [layer["activation"] for layer in loop["layers"]] == [
+            layer["activation"] for layer in seq["layers"]]

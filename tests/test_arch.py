@@ -102,6 +102,7 @@ class Functional(nn.Module):
         (lambda x: torch.sin(30.0 * x), "sine(30.0)"),
         (lambda x: x.clamp(min=0), "relu"),
         (lambda x: F.relu(F.dropout(x, 0.5, True)), "relu"),
+        (lambda x: F.softmax(x, dim=-1), "softmax"),  # as nn.Softmax in module order
     ],
 )
 def test_functional_activations_are_found_by_tracing(act, name):

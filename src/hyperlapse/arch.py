@@ -285,6 +285,9 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:160] if text else "no message"
 
 
+# Any value is accepted for a parameter whose default is _ANY (softmax's dim: the module reading
+# names nn.Softmax "softmax" whatever its dim, too).
+_ANY = object()
 # Functions applied to one tensor: name and the (parameter, default) pairs after the input,
 # in positional order. A call with another value for one of them is not nameable ("inplace"
 # is always allowed; leaky_relu's slope is part of its name).
@@ -300,14 +303,15 @@ _FUNCTIONS: dict[Any, tuple[str, tuple[tuple[str, Any], ...]]] = {
     F.hardtanh: ("hardtanh", (("min_val", -1.0), ("max_val", 1.0))),
     F.leaky_relu: ("leaky_relu", (("negative_slope", 0.01),)),
     torch.sin: ("sine", ()),
+    F.softmax: ("softmax", (("dim", _ANY), ("_stacklevel", _ANY), ("dtype", None))),
+    F.log_softmax: ("logsoftmax", (("dim", _ANY), ("_stacklevel", _ANY), ("dtype", None))),
 }
 _METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh",
             "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "sin": "sine", "sin_": "sine"}
 # Operations that pass values through unchanged (dropout is the identity in the function the
 # weights compute; reshapes keep the values of a chain, whose widths are checked already).
 _PASSIVE_FUNCTIONS = {F.dropout, torch.dropout, F.alpha_dropout, torch.flatten, torch.reshape}
-_PASSIVE_METHODS = {"view", "reshape", "flatten", "contiguous", "clone", "float", "to",
-                    "type_as"}
+_PASSIVE_METHODS = {"view", "reshape", "flatten", "contiguous", "clone", "float", "to"}
 _CLAMPS = {torch.clamp, torch.clamp_min, "clamp", "clamp_", "clamp_min", "clamp_min_"}
 _MULS = {operator.mul, torch.mul, "mul"}
 
@@ -410,6 +414,10 @@ def _classify(root: nn.Module, node: torch.fx.Node) -> tuple[str, Any]:
                                                                      _activation_name(sub))
     if node.op not in ("call_function", "call_method"):
         return unnamed
+    try:
+        hash(target)
+    except TypeError:  # looked up in the tables below
+        return unnamed
     if target in _PASSIVE_FUNCTIONS or target in _PASSIVE_METHODS:
         return "passive", None
     if target in _CLAMPS:  # clamp(x, min=0) is relu
@@ -426,10 +434,7 @@ def _classify(root: nn.Module, node: torch.fx.Node) -> tuple[str, Any]:
     if node.op == "call_method":
         return ("activation", _METHODS[target]) if target in _METHODS and not (
             args or kwargs) else unnamed
-    try:
-        name, params = _FUNCTIONS.get(target, (None, ()))
-    except TypeError:  # an unhashable target
-        name, params = None, ()
+    name, params = _FUNCTIONS.get(target, (None, ()))
     if name is None:
         return unnamed
     kwargs.pop("input", None)
@@ -443,6 +448,8 @@ def _classify(root: nn.Module, node: torch.fx.Node) -> tuple[str, Any]:
             continue
         if key not in defaults or isinstance(value, torch.fx.Node):
             return unnamed
+        if defaults[key] is _ANY:
+            continue
         if name == "leaky_relu" and _is_real(value):
             name = f"leaky_relu({value})"
         elif value != defaults[key]:

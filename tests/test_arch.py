@@ -301,3 +301,24 @@ def test_tracing_and_module_order_agree_on_random_registered_mlps():
         assert loop["widths"] == seq["widths"] == widths
         assert [layer["activation"] for layer in loop["layers"]] == [
             layer["activation"] for layer in seq["layers"]]
+
+
+def test_a_loss_computed_in_forward_is_not_the_output_activation():
+    # Hugging Face style: forward returns {"loss", "logits"}; the logits are the network's map
+    class WithLoss(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x, labels=None):
+            logits = self.b(F.relu(self.a(x)))
+            return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+    class Probabilities(WithLoss):
+        def forward(self, x):
+            return F.softmax(self.b(F.relu(self.a(x))), dim=-1)
+
+    acts = [layer["activation"] for layer in describe_mlp(WithLoss())["layers"]]
+    assert acts == ["relu", None]
+    assert [layer["activation"] for layer in describe_mlp(Probabilities())["layers"]] == [
+        "relu", "softmax"]

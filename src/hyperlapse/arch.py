@@ -345,12 +345,24 @@ def _path_activation(
 ) -> tuple[str | None, str]:
     """Read the operations from a Linear call to the next one (or the output): ``(activation,
     "")``, or ``(UNKNOWN_ACTIVATION, reason)`` unless they are a chain of nameable steps."""
-    after = _closure(start, lambda n: n.users)
-    before = _closure(end, lambda n: n.all_input_nodes)
-    if start not in before:
-        return UNKNOWN_ACTIVATION, "its output does not reach the next layer"
-    order = {n: i for i, n in enumerate(start.graph.nodes)}
-    chain = sorted((after & before) - {start, end}, key=order.__getitem__)
+    if end.op == "output":
+        # the model's output is the first value on the way that forward returns; other uses
+        # (a loss computed in forward, as Hugging Face models do) are not the network's map
+        chain, node = [], start
+        while end not in node.users:
+            if len(node.users) != 1:
+                return UNKNOWN_ACTIVATION, (
+                    "its output branches before it is returned" if node.users
+                    else "its output is not returned")
+            node = next(iter(node.users))
+            chain.append(node)
+    else:
+        after = _closure(start, lambda n: n.users)
+        before = _closure(end, lambda n: n.all_input_nodes)
+        if start not in before:
+            return UNKNOWN_ACTIVATION, "its output does not reach the next layer"
+        order = {n: i for i, n in enumerate(start.graph.nodes)}
+        chain = sorted((after & before) - {start, end}, key=order.__getitem__)
     act, scale, prev = None, None, start
     for node in chain:
         if node.all_input_nodes != [prev]:

@@ -322,3 +322,32 @@ def test_a_loss_computed_in_forward_is_not_the_output_activation():
     assert acts == ["relu", None]
     assert [layer["activation"] for layer in describe_mlp(Probabilities())["layers"]] == [
         "relu", "softmax"]
+
+
+def test_a_module_without_a_forward_of_its_own_is_read_through_its_container():
+    # a LightningModule whose training_step calls self.net: nothing to trace at the top
+    class Holder(nn.Module):
+        def __init__(self, net) -> None:
+            super().__init__()
+            self.net = net
+
+    class PassOn(Holder):
+        def forward(self, *args, **kwargs):
+            return self.net(*args, **kwargs)
+
+    seq = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    for holder in (Holder(seq), PassOn(seq), Holder(Functional(F.relu))):
+        d = describe_mlp(holder)  # no warning (warnings are errors here)
+        assert d["layers"][0]["name"].startswith("net.")
+        assert d["layers"][0]["activation"] in ("tanh", "relu")
+        assert d["layers"][-1]["activation"] is None
+    # no container to read: the top level's missing forward is a trace failure, said so
+    with pytest.warns(HyperlapseWarning, match="could not trace"):
+        d = describe_mlp(_bare())
+    assert d["layers"][0]["activation"] == UNKNOWN_ACTIVATION
+
+
+def _bare() -> nn.Module:
+    bare = nn.Module()
+    bare.a, bare.b = nn.Linear(2, 3), nn.Linear(3, 1)
+    return bare

@@ -156,19 +156,53 @@ def describe_mlp_spec(module: nn.Module) -> MlpSpec:
     """:func:`describe_mlp` as a typed :class:`~hyperlapse.spec.MlpSpec`."""
     module = unwrap_model(module)
     layers, modules, seen = _read_modules(module)
-    if _is_plain(module):
-        return _spec(layers, seen)
-    try:
-        traced = _trace(module)
-    except Exception as exc:  # noqa: BLE001 - any failure of tracing means "could not see"
-        why = f"torch.fx could not trace its forward ({type(exc).__name__}: {_first_line(exc)})"
-        acts = [a if a is not None else UNKNOWN_ACTIVATION for a in seen]
-        _warn_unknown(module, layers, acts, [why])
-        return _spec(layers, acts)
-    acts, reasons = _traced_activations(traced, module, modules, len(layers))
+    acts, reasons = _activations(module, modules, seen)
     if reasons:
         _warn_unknown(module, layers, acts, reasons)
     return _spec(layers, acts)
+
+
+def _activations(
+    module: nn.Module, modules: list[nn.Linear], seen: list[str | None]
+) -> tuple[list[str | None], list[str]]:
+    """The activation after each of ``modules`` (the Linear layers of ``module``, in order),
+    and why any is unknown. ``seen``: what the module order says."""
+    if _is_plain(module):
+        return seen, []
+    inner = _container(module, modules) if _holds_only(module) else None
+    if inner is not None:  # e.g. a LightningModule whose training_step calls self.net
+        return _activations(inner, modules, _read_modules(inner)[2])
+    try:
+        graph = _trace(module)
+    except Exception as exc:  # noqa: BLE001 - any failure of tracing means "could not see"
+        why = f"torch.fx could not trace its forward ({type(exc).__name__}: {_first_line(exc)})"
+        return [a if a is not None else UNKNOWN_ACTIVATION for a in seen], [why]
+    return _traced_activations(graph, module, modules, len(modules))
+
+
+def _holds_only(module: nn.Module) -> bool:
+    """Whether ``module`` has no forward of its own to read: none at all (a LightningModule
+    whose steps call a submodule), or only ``*args, **kwargs`` passed on."""
+    if type(module).forward is nn.Module.forward:
+        return True
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return all(p.kind in variadic for p in params)
+
+
+def _container(module: nn.Module, modules: list[nn.Linear]) -> nn.Module | None:
+    """The innermost proper submodule that holds every Linear layer, if any."""
+    names = {id(sub): name for name, sub in module.named_modules()}
+    parents = [names[id(m)].split(".")[:-1] for m in modules]
+    prefix: list[str] = []
+    for parts in zip(*parents, strict=False):
+        if len(set(parts)) != 1:
+            break
+        prefix.append(parts[0])
+    return module.get_submodule(".".join(prefix)) if prefix else None
 
 
 def _spec(layers: list[LayerSpec], activations: list[str | None]) -> MlpSpec:

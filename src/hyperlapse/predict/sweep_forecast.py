@@ -318,6 +318,12 @@ def make_regressor(n_rows: int, seed: int = 0) -> Any:
         random_state=seed)
 
 
+def _one_thread() -> Any:
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def _conformal_width(X: np.ndarray, y: np.ndarray, coverage: float, seed: int) -> float:
     """Half-width of a ``coverage`` interval from 5-fold out-of-fold absolute residuals."""
     n = len(y)
@@ -357,6 +363,8 @@ class SweepForecaster:
     coverage: float = 0.8
     n_fit: int = 0
     k: int = field(default=5)
+    #: whether every finished run's target was at most 1 (accuracy, R^2): intervals stop at 1
+    bounded: bool = False
 
     def rows(self, runs: Sequence[Any], planned: Sequence[int]) -> np.ndarray:
         """Feature rows of ``runs`` at the cut (each with its own planned steps)."""
@@ -536,17 +544,23 @@ def forecast_sweep(
         X = predictor.rows([runs[i] for i in done], [infos[i]["planned_steps"] for i in done])
         y = np.asarray([infos[i]["final"] for i in done], dtype=np.float64)
         y = y if goal == "max" else -y
-        predictor.model = make_regressor(len(y), seed).fit(X, y)
-        predictor.width = _conformal_width(X, y, coverage, seed)
+        # one thread: these fits are small, and OpenMP threads spinning on a busy machine made
+        # them 10x slower (measured on the shared 2-core machine)
+        with _one_thread():
+            predictor.model = make_regressor(len(y), seed).fit(X, y)
+            predictor.width = _conformal_width(X, y, coverage, seed)
     rows: list[dict[str, Any]] = []
+    # a metric bounded by 1 (accuracy, R^2) keeps its interval below 1
+    cap = 1.0 if goal == "max" and predictor.bounded else math.inf
     if ready:
-        pred = predictor.predict([runs[i] for i in ready],
-                                 [infos[i]["planned_steps"] for i in ready])
+        with _one_thread():
+            pred = predictor.predict([runs[i] for i in ready],
+                                     [infos[i]["planned_steps"] for i in ready])
         order = np.argsort(-pred if goal == "max" else pred, kind="stable")
         for rank, j in enumerate(order, start=1):
             i = ready[j]
             rows.append({"run": _where(runs[i]), "step": infos[i]["step"],
                          "predicted": float(pred[j]), "low": float(pred[j] - predictor.width),
-                         "high": float(pred[j] + predictor.width), "rank": rank})
+                         "high": float(min(pred[j] + predictor.width, cap)), "rank": rank})
     return SweepForecast(rows=rows, waiting=waiting, finished=len(done) if fitted_here else 0,
                          metric=metric, goal=goal, at=float(at), forecaster=predictor)

@@ -19,7 +19,9 @@ Tasks (:data:`SWEEP_TASKS`):
 Runs of one (width, depth) train together as a population (:class:`PopulationMLP`, stacked
 parameters): every run draws its own minibatches (its batch size is a mask over a shared
 maximum), and the optimizer is applied element-wise with each run's own learning rate, weight
-decay and optimizer, so a run's trajectory does not depend on which population it trains in.
+decay and optimizer. A run's hyperparameters, initialisation and label noise come from its own
+generator; its minibatches come from its population's, so its exact trajectory also depends on
+the blocking (``block_size`` is part of the zoo's settings: a resumed build is identical).
 A run whose loss or weights become non-finite is *diverged*: its weights stay at the last
 finite state, its curves read chance level (accuracy ``1/C``, R^2 ``0``) from then on, and so
 does its final metric (a user gets nothing from a diverged run).

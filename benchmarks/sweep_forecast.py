@@ -62,10 +62,11 @@ from hyperlapse.zoo import build_zoo  # noqa: E402
 from hyperlapse.zoo.sweeps import SWEEP_TASKS  # noqa: E402
 
 FULL = {"tasks": list(SWEEP_TASKS), "runs": 300, "scale": 1.0, "seeds": [0, 1, 2, 3, 4],
-        "encoder_task": "sweep-digits", "encoder_seeds": [0, 1, 2],
-        "encoder": {"epochs": 8, "max_snapshots": 3, "layers": 1, "heads": 1, "lr": 0.01,
+        "encoder_task": "sweep-digits", "encoder_seeds": [0, 1],
+        "encoder": {"epochs": 4, "max_snapshots": 2, "layers": 1, "heads": 1, "lr": 0.01,
                     "batch_size": 32, "sparsify_k": 8, "threads": 1, "d": 8}}
-QUICK = {"tasks": ["sweep-digits", "sweep-friedman"], "runs": 16, "scale": 0.25, "seeds": [0, 1], "encoder_task": "sweep-digits", "encoder_seeds": [0],
+QUICK = {"tasks": ["sweep-digits", "sweep-friedman"], "runs": 12, "scale": 0.25, "gbt_iter": 40,
+         "seeds": [0, 1], "encoder_task": "sweep-digits", "encoder_seeds": [0],
          "encoder": {"epochs": 1, "max_snapshots": 2, "layers": 1, "heads": 1, "lr": 0.01,
                      "batch_size": 32, "sparsify_k": 4, "threads": 1, "d": 4}}
 NEAR = 0.005  # "within 0.5 %" of the best final test metric: 0.5 accuracy points / R^2 units
@@ -178,6 +179,7 @@ def evaluate(all_F: dict[str, dict[str, Any]], cfg: dict[str, Any],
 
     raw: dict[str, Any] = {}
     tasks = list(all_F)
+    gbt_iter = cfg.get("gbt_iter", 150)
     for proto in ("within", "transfer"):
         if proto == "transfer" and len(tasks) < 2:
             continue
@@ -194,7 +196,7 @@ def evaluate(all_F: dict[str, dict[str, Any]], cfg: dict[str, Any],
                     for name, blocks in BLOCKS.items():
                         if proto == "within":
                             X = _design(F, blocks, cut, fit_idx, False)
-                            model = make_regressor(len(X), seed).fit(X, y[fit_idx])
+                            model = make_regressor(len(X), seed, gbt_iter).fit(X, y[fit_idx])
                             Xt = _design(F, blocks, cut, test_idx, False)
                         else:
                             Xs, ys = [], []
@@ -206,7 +208,7 @@ def evaluate(all_F: dict[str, dict[str, Any]], cfg: dict[str, Any],
                                 Xs.append(_design(G, blocks, cut, every, True))
                                 ys.append(_rank_quantile(G["y"]))
                             X, yy = np.concatenate(Xs), np.concatenate(ys)
-                            model = make_regressor(len(X), seed).fit(X, yy)
+                            model = make_regressor(len(X), seed, gbt_iter).fit(X, yy)
                             Xt = _design(F, blocks, cut, test_idx, True)
                         scores.setdefault(name, {})[cut] = model.predict(Xt)
                     enc = (encoder or {}).get((proto, task, seed, cut))
@@ -380,8 +382,11 @@ def markdown(res: dict[str, Any]) -> str:
     if res.get("encoder_cost"):
         e = res["encoder_cost"]
         lines += ["", f"Temporal encoder: {e['seconds_per_fit_median']:.0f} s per fit on "
-                  f"{e['runs_fitted']} runs (median of {e['fits']}), {res['config']['encoder']}; "
-                  f"measured on {res['config']['encoder_task']} at 20 %, within-sweep only."]
+                  f"{e['runs_fitted']} runs (median of {e['fits']}), options "
+                  f"{e.get('options', res['config']['encoder'])}; measured on "
+                  f"{res['config']['encoder_task']} at 20 %, within-sweep only, seeds "
+                  f"{e.get('seeds', res['config']['encoder_seeds'])} (the other rows of that "
+                  f"task on the same seeds: json 'encoder_comparison')."]
     return "\n".join(lines) + "\n"
 
 
@@ -392,8 +397,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "for a full run, nothing for --quick)")
     p.add_argument("--work", default=None, help="where the zoos are built (kept: resumable)")
     p.add_argument("--encoder", action="store_true", help="also the temporal encoder rows")
+    p.add_argument("--encoder-only", action="store_true",
+                   help="only the encoder rows (on the encoder task's zoo in --work), merged "
+                   "into the results of an earlier run in --out")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
+    if args.encoder_only:
+        return encoder_only(cfg, args)
     torch.set_num_threads(1)
     t_all = time.perf_counter()
     work = Path(args.work or tempfile.mkdtemp(prefix="sweep-forecast-"))
@@ -424,6 +434,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "sweep_forecast.json").write_text(json.dumps(res, indent=1))
         (Path(out) / "sweep_forecast.md").write_text(markdown(res))
+    print(markdown(res))
+    return res
+
+
+def encoder_only(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The encoder rows alone (they cost the most), merged into an earlier run's results."""
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    task = cfg["encoder_task"]
+    kw = {} if cfg["scale"] == 1.0 else {"scale": cfg["scale"]}
+    runs = list(build_zoo(task, Path(args.work) / task, runs=cfg["runs"], quiet=True, **kw))
+    F = task_features(runs, CUTS)
+    encoder, cost = encoder_scores(runs, F, {**cfg, "seeds": cfg["encoder_seeds"]}, task)
+    raw = evaluate({task: F}, {**cfg, "seeds": cfg["encoder_seeds"]}, encoder)
+    out = Path(args.out or Path(__file__).parent / "results")
+    path = out / "sweep_forecast.json"
+    res = json.loads(path.read_text())
+    summary = summarise(raw)
+    for key, row in summary.items():
+        if "encoder" in key:
+            res["summary"][key] = row
+    # the rows the encoder is compared with, on the encoder's seeds (a subset of the run's)
+    res["encoder_comparison"] = {k: {m: v for m, v in row.items() if "@0.2" in m}
+                                 for k, row in summary.items()}
+    res["encoder_cost"] = {**cost, "wall_s": time.perf_counter() - t0,
+                           "seeds": cfg["encoder_seeds"], "options": cfg["encoder"]}
+    path.write_text(json.dumps(res, indent=1))
+    (out / "sweep_forecast.md").write_text(markdown(res))
     print(markdown(res))
     return res
 

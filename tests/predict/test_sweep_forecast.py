@@ -47,12 +47,21 @@ def _record_run(path, seed: int, steps: int, planned: int = PLANNED, every: int 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: extra threads only spin on a busy machine
+    try:
+        _record_sweep(folder)
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+def _record_sweep(folder) -> None:
     for s in range(12):  # finished
         _record_run(folder / f"done-{s:02d}.zarr", s, PLANNED)
     for s in range(12, 15):  # in progress, past the 20 % cut
         _record_run(folder / f"live-{s:02d}.zarr", s, 15)
     _record_run(folder / "early.zarr", 15, 5)  # in progress, before the 20 % cut (step 8)
-    return folder
 
 
 def test_extrapolate_recovers_a_pow3_curve():

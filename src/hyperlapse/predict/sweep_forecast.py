@@ -308,12 +308,12 @@ def trajectory_features(run: Any, n: int, *, k: int = 4) -> np.ndarray:
 
 
 # -- models -------------------------------------------------------------------------------------
-def make_regressor(n_rows: int, seed: int = 0) -> Any:
+def make_regressor(n_rows: int, seed: int = 0, max_iter: int = 150) -> Any:
     """The gradient-boosted regressor every learned predictor uses (small-sample settings)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     return HistGradientBoostingRegressor(
-        max_iter=150, learning_rate=0.05, max_depth=4,
+        max_iter=max_iter, learning_rate=0.05, max_depth=4,
         min_samples_leaf=max(3, min(20, n_rows // 8)), l2_regularization=1.0,
         random_state=seed)
 

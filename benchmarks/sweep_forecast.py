@@ -62,7 +62,7 @@ from hyperlapse.zoo import build_zoo  # noqa: E402
 from hyperlapse.zoo.sweeps import SWEEP_TASKS  # noqa: E402
 
 FULL = {"tasks": list(SWEEP_TASKS), "runs": 300, "scale": 1.0, "seeds": [0, 1, 2, 3, 4],
-        "encoder_task": "sweep-digits", "encoder_seeds": [0, 1],
+        "encoder_task": "sweep-digits", "encoder_seeds": [0],
         "encoder": {"epochs": 4, "max_snapshots": 2, "layers": 1, "heads": 1, "lr": 0.01,
                     "batch_size": 32, "sparsify_k": 8, "threads": 1, "d": 8}}
 QUICK = {"tasks": ["sweep-digits", "sweep-friedman"], "runs": 12, "scale": 0.25, "gbt_iter": 40,
@@ -399,11 +399,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--encoder", action="store_true", help="also the temporal encoder rows")
     p.add_argument("--encoder-only", action="store_true",
                    help="only the encoder rows (on the encoder task's zoo in --work), merged "
-                   "into the results of an earlier run in --out")
+                   "later into the markdown by --render (results in --out)")
+    p.add_argument("--render", action="store_true",
+                   help="only rewrite the markdown from the results in --out")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     if args.encoder_only:
         return encoder_only(cfg, args)
+    if args.render:
+        return render(Path(args.out or Path(__file__).parent / "results"))
     torch.set_num_threads(1)
     t_all = time.perf_counter()
     work = Path(args.work or tempfile.mkdtemp(prefix="sweep-forecast-"))
@@ -422,7 +426,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             zoos[cfg["encoder_task"]], all_F[cfg["encoder_task"]], cfg, cfg["encoder_task"])
     raw = evaluate(all_F, cfg, encoder)
     res = {"config": {k: v for k, v in cfg.items()}, "machine": machine(),
-           "wall_s": time.perf_counter() - t_all, "build_s": build_s, "features_s": features_s,
+           "wall_s": time.perf_counter() - t_all, "cpu_s": time.process_time(),
+           "build_s": build_s, "features_s": features_s,
            "summary": summarise(raw), "goals": goals(raw, cfg["tasks"]),
            "encoder_cost": encoder_cost,
            "final_metric_range": {t: [float(F["y"].min()), float(F["y"].max())]
@@ -449,20 +454,29 @@ def encoder_only(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     encoder, cost = encoder_scores(runs, F, {**cfg, "seeds": cfg["encoder_seeds"]}, task)
     raw = evaluate({task: F}, {**cfg, "seeds": cfg["encoder_seeds"]}, encoder)
     out = Path(args.out or Path(__file__).parent / "results")
-    path = out / "sweep_forecast.json"
-    res = json.loads(path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
     summary = summarise(raw)
-    for key, row in summary.items():
-        if "encoder" in key:
-            res["summary"][key] = row
-    # the rows the encoder is compared with, on the encoder's seeds (a subset of the run's)
-    res["encoder_comparison"] = {k: {m: v for m, v in row.items() if "@0.2" in m}
-                                 for k, row in summary.items()}
-    res["encoder_cost"] = {**cost, "wall_s": time.perf_counter() - t0,
-                           "seeds": cfg["encoder_seeds"], "options": cfg["encoder"]}
-    path.write_text(json.dumps(res, indent=1))
+    enc = {"summary": {k: row for k, row in summary.items() if "encoder" in k},
+           # the rows the encoder is compared with, on the encoder's seeds
+           "comparison": {k: {m: v for m, v in row.items() if "@0.2" in m}
+                          for k, row in summary.items()},
+           "cost": {**cost, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time(),
+                    "seeds": cfg["encoder_seeds"], "options": cfg["encoder"]},
+           "machine": machine()}
+    (out / "sweep_forecast_encoder.json").write_text(json.dumps(enc, indent=1))
+    print(json.dumps(enc["cost"]))
+    return enc
+
+
+def render(out: Path) -> dict[str, Any]:
+    """Rewrite the markdown from the stored results (merging the encoder rows, if measured)."""
+    res = json.loads((out / "sweep_forecast.json").read_text())
+    enc_path = out / "sweep_forecast_encoder.json"
+    if enc_path.is_file():
+        enc = json.loads(enc_path.read_text())
+        res["summary"].update(enc["summary"])
+        res["encoder_cost"] = enc["cost"]
     (out / "sweep_forecast.md").write_text(markdown(res))
-    print(markdown(res))
     return res
 
 

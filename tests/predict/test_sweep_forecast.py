@@ -140,7 +140,7 @@ def test_forecast_ranks_the_runs_in_progress(sweep_dir, tmp_path):
     preds = [r["predicted"] for r in res.rows]
     assert preds == sorted(preds, reverse=True)
     for r in res.rows:
-        assert r["low"] <= r["predicted"] <= r["high"]
+        assert r["low"] <= r["predicted"] <= r["high"] <= 1.0  # accuracy: capped at 1
     assert [w.rsplit("/", 1)[-1] for w in res.waiting] == ["early.zarr"]
     assert "rank" in res.table()
     # a saved forecaster gives the same forecast without any finished run

@@ -236,6 +236,12 @@ def curve_features(run: Any, n: int, planned_steps: int, metric: str, *, goal: s
     steps = np.asarray(run.steps[:n], dtype=np.float64)
     end = float(steps[-1])
     names = [metric] + list(losses if losses is not None else _loss_names(metrics, metric))
+    missing = [m for m in names if m not in metrics]
+    if missing:
+        raise ConfigError(
+            f"Expected run {_where(run)} to log {names} like the runs the forecaster was fitted "
+            f"on, but it lacks {missing} (it logs {sorted(metrics)})."
+        )
     row: list[float] = []
     for j, name in enumerate(names):
         v = np.asarray(metrics[name][:n], dtype=np.float64)
@@ -543,6 +549,14 @@ def forecast_sweep(
                                     losses=losses, coverage=coverage, n_fit=len(done))
         X = predictor.rows([runs[i] for i in done], [infos[i]["planned_steps"] for i in done])
         y = np.asarray([infos[i]["final"] for i in done], dtype=np.float64)
+        if not np.isfinite(y).any():
+            raise ConfigError(
+                f"Expected finite final values of {metric!r} among the finished runs, but all "
+                f"{len(y)} are NaN or infinite."
+            )
+        # a finished run that diverged (NaN at the end) is as bad as the worst finished one
+        y = np.where(np.isfinite(y), y, np.nanmin(y) if goal == "max" else np.nanmax(y))
+        predictor.bounded = bool(np.all(y <= 1.0))
         y = y if goal == "max" else -y
         # one thread: these fits are small, and OpenMP threads spinning on a busy machine made
         # them 10x slower (measured on the shared 2-core machine)

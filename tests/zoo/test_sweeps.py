@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from hyperlapse.zoo import ZOOS, build_zoo, open_zoo, sweep_hparams
 from hyperlapse.zoo.builders import ZooSpec
@@ -53,9 +54,14 @@ def test_a_diverging_run_reads_chance_and_spares_the_others(tmp_path):
     hp = {"optimizer": np.asarray(["sgd", "sgd"]), "lr": np.asarray([1e4, 0.05]),
           "batch_size": np.asarray([32, 32]), "weight_decay": np.asarray([0.0, 0.0]),
           "init_scale": np.asarray([1.0, 1.0]), "label_noise": np.asarray([0.0, 0.0])}
-    labels = _train_sweep_population(
-        tmp_path / "p.zarr", [0, 1], hp, data, widths=[30, 16, 2], kind="classify", steps=40,
-        seed=0, shared_init=False, progress=lambda f: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as build_zoo trains: tiny matmuls
+    try:
+        labels = _train_sweep_population(
+            tmp_path / "p.zarr", [0, 1], hp, data, widths=[30, 16, 2], kind="classify",
+            steps=40, seed=0, shared_init=False, progress=lambda f: None)
+    finally:
+        torch.set_num_threads(threads)
     assert labels["diverged_at"][0] > 0 and labels["diverged_at"][1] == -1
     assert labels["final_metric"][0] == 0.5  # chance for two classes
     assert labels["final_metric"][1] > 0.85
@@ -96,3 +102,13 @@ def test_killed_sweep_build_resumes_identically(tmp_path, monkeypatch):
     for a, b in zip(zoo, ref, strict=True):
         assert a.attrs == b.attrs and len(a) == len(b)
         np.testing.assert_allclose(a.weights("0.weight"), b.weights("0.weight"), atol=1e-6)
+
+
+def test_cli_builds_a_sweep_zoo(tmp_path, capsys):
+    from hyperlapse.cli import main
+
+    assert main(["zoo", "sweep-cancer", "--out", str(tmp_path / "z"), "--runs", "2",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep-cancer: 2 runs" in out and "final test metric median" in out
+    assert open_zoo(tmp_path / "z")[0].attrs["planned_steps"] == 400

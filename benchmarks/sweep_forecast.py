@@ -62,8 +62,8 @@ from hyperlapse.zoo import build_zoo  # noqa: E402
 from hyperlapse.zoo.sweeps import SWEEP_TASKS  # noqa: E402
 
 FULL = {"tasks": list(SWEEP_TASKS), "runs": 300, "scale": 1.0, "seeds": [0, 1, 2, 3, 4],
-        "encoder_task": "sweep-digits", "encoder_seeds": [0],
-        "encoder": {"epochs": 4, "max_snapshots": 2, "layers": 1, "heads": 1, "lr": 0.01,
+        "encoder_task": "sweep-digits", "encoder_seeds": [0, 1, 2],
+        "encoder": {"epochs": 8, "max_snapshots": 3, "layers": 1, "heads": 1, "lr": 0.01,
                     "batch_size": 32, "sparsify_k": 8, "threads": 1, "d": 8}}
 QUICK = {"tasks": ["sweep-digits", "sweep-friedman"], "runs": 12, "scale": 0.25, "gbt_iter": 40,
          "seeds": [0, 1], "encoder_task": "sweep-digits", "encoder_seeds": [0],
@@ -323,6 +323,11 @@ def _fmt(v: dict[str, float] | None, pct: bool = False) -> str:
     return f"{v['mean']:.3f} ± {v['std']:.3f}"
 
 
+def _cpu(res: dict[str, Any]) -> str:
+    cpu = res.get("cpu_s") or (res.get("cpu_s_external") or {}).get("value")
+    return f" CPU time of the process: {cpu / 60:.1f} min (one thread)." if cpu else ""
+
+
 def markdown(res: dict[str, Any]) -> str:
     s, tasks = res["summary"], res["config"]["tasks"]
     names = BASELINES + HYPERLAPSE + ["hyperlapse: temporal encoder (end to end)",
@@ -333,7 +338,7 @@ def markdown(res: dict[str, Any]) -> str:
              f"(zoo build {res['build_s'] / 60:.1f} min, features "
              f"{res['features_s'] / 60:.1f} min). {res['config']['runs']} runs per task, "
              f"seeds {res['config']['seeds']}; mean ± std over seeds. Held-out runs: the half of "
-             "each sweep that finished last (per seed).", ""]
+             "each sweep that finished last (per seed)." + _cpu(res), ""]
     for proto in ("within", "transfer"):
         lines += [f"## Protocol: {proto}", "",
                   "Kendall tau with the final test metric (cuts 10 / 20 / 50 %):", "",

@@ -219,8 +219,10 @@ def evaluate(all_F: dict[str, dict[str, Any]], cfg: dict[str, Any],
                     key = f"{proto}|{task}|{name}"
                     row = raw.setdefault(key, {})
                     for cut, s in by_cut.items():
+                        tau = float(kendalltau(yt, s).statistic)
+                        # a constant forecast (tiny --quick fits) ranks nothing: tau 0, not NaN
                         row.setdefault(f"kendall@{cut}", []).append(
-                            float(kendalltau(yt, s).statistic))
+                            tau if math.isfinite(tau) else 0.0)
                         row.setdefault(f"recall@{cut}", []).append(recall_top(yt, s))
                     if 0.2 in by_cut:
                         row.setdefault("one_cut_cost@0.2", []).append(

@@ -35,7 +35,7 @@ import os
 import pickle
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -368,7 +368,7 @@ class SweepForecaster:
     width: float = float("nan")
     coverage: float = 0.8
     n_fit: int = 0
-    k: int = field(default=5)
+    k: int = 5
     #: whether every finished run's target was at most 1 (accuracy, R^2): intervals stop at 1
     bounded: bool = False
 

@@ -259,26 +259,22 @@ def _train_sweep_population(
             loss = (_loss(kind, model(xb), yb) * mask).sum(1)
             loss.sum().backward()  # each run's gradient is its own loss's
             with torch.no_grad():
+                # SGD with momentum 0.9 and Adam (0.9, 0.999), element-wise per run
                 new_alive = alive & torch.isfinite(loss)
+                updates = []
                 for p, (m, v) in zip(params, state, strict=True):
                     g = torch.nan_to_num(p.grad, 0.0, 0.0, 0.0) + shaped(wd, p) * p
-                    m_sgd = 0.9 * m + g
-                    m_adam = 0.9 * m + 0.1 * g
+                    a = shaped(adam, p)
+                    m.copy_(torch.where(a, 0.9 * m + 0.1 * g, 0.9 * m + g))
                     v.mul_(0.999).addcmul_(g, g, value=0.001)
-                    a = shaped(adam, p)
-                    m.copy_(torch.where(a, m_adam, m_sgd))
                     upd = torch.where(
                         a, (m / (1 - 0.9**step)) / ((v / (1 - 0.999**step)).sqrt() + 1e-8), m)
+                    updates.append(upd)
                     new = p - shaped(lr * new_alive, p) * upd
-                    finite = torch.isfinite(new).flatten(1).all(1)
-                    new_alive &= finite
-                for p, (m, v) in zip(params, state, strict=True):
-                    # recompute with the final alive mask: a run dead in any layer stops in all
-                    a = shaped(adam, p)
-                    upd = torch.where(
-                        a, (m / (1 - 0.9**step)) / ((v / (1 - 0.999**step)).sqrt() + 1e-8), m)
-                    step_ok = shaped(new_alive, p)
-                    p.copy_(torch.where(step_ok, p - shaped(lr, p) * upd, p))
+                    new_alive &= torch.isfinite(new).flatten(1).all(1)
+                for p, upd in zip(params, updates, strict=True):
+                    # a run that is non-finite in any layer keeps its weights in all of them
+                    p.copy_(torch.where(shaped(new_alive, p), p - shaped(lr, p) * upd, p))
                 died = alive & ~new_alive
                 diverged_at[died] = step
                 alive = new_alive

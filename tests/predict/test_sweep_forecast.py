@@ -185,3 +185,40 @@ def test_cli_sweep_forecast(sweep_dir, capsys):
     assert "at least 10 finished runs" in capsys.readouterr().err
     assert main(["sweep", *stores]) == 1
     assert "--out" in capsys.readouterr().err
+
+
+class _Edited:
+    """A run whose logged metrics are edited (a diverged run's NaN, a metric it never logged)."""
+
+    def __init__(self, run, **metrics) -> None:
+        self._run = run
+        self.metrics = {k: np.asarray(v) for k, v in run.metrics.items()}
+        for k, v in metrics.items():
+            if v is None:
+                del self.metrics[k]
+            else:
+                self.metrics[k] = v
+
+    def __len__(self) -> int:
+        return len(self._run)
+
+    def __getattr__(self, name):
+        return getattr(self._run, name)
+
+
+def test_a_finished_run_ending_in_nan_counts_as_the_worst(sweep_dir):
+    runs = [open_trajectory(p) for p in sorted(sweep_dir.glob("*.zarr"))]
+    first = runs[0]
+    acc = np.asarray(first.metrics["val_acc"]).copy()
+    acc[-1] = np.nan
+    runs[0] = _Edited(first, val_acc=acc)
+    res = forecast_sweep(runs)  # a NaN target would stop the regressor
+    assert res.finished == 12 and len(res.rows) == 3
+
+
+def test_a_run_without_the_fitted_losses_is_refused(sweep_dir):
+    runs = [open_trajectory(p) for p in sorted(sweep_dir.glob("*.zarr"))]
+    live = [i for i, r in enumerate(runs) if "live-12" in str(r.location)][0]
+    runs[live] = _Edited(runs[live], train_loss=None)
+    with pytest.raises(ConfigError, match=r"lacks \['train_loss'\]"):
+        forecast_sweep(runs)

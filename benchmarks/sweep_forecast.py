@@ -31,6 +31,10 @@ validation metric at the cut is ASHA's. Compute savings are per seed against ASH
 
 Usage: ``python benchmarks/sweep_forecast.py [--quick] [--out DIR] [--work DIR] [--encoder]``.
 ``--quick`` (the smoke test) uses tiny sweeps and two seeds and writes nothing unless ``--out``.
+The published run: ``nice -n 5 python benchmarks/sweep_forecast.py --work W`` (every row but the
+encoder's), then ``--encoder-only --work W`` (the encoder rows on sweep-digits, written to
+``sweep_forecast_encoder.json``; the zoo in ``W`` is reused) and ``--render`` (the markdown from
+both files).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .errors import HyperlapseError
+from .errors import ConfigError, HyperlapseError
 from .outputs import check_output_dir, check_output_file
 
 
@@ -221,7 +221,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         "--scheduler local",
     )
     p.add_argument("stores", nargs="+", help="trajectory stores (paths or URLs)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", default=None, help="output folder (required unless --forecast)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="'local' or a dask scheduler address (default: run in this process)")
     p.add_argument("--workers", type=int, default=None,
@@ -230,10 +230,44 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the encoder (default: 0)")
     p.add_argument("--plots", action="store_true", help="also draw each run's plots and page")
     p.add_argument("--quiet", action="store_true", help="no line per finished store")
+    _add_sweep_forecast(p)
     p.set_defaults(func=_cmd_sweep)
 
 
+def _add_sweep_forecast(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "forecast", "--forecast: instead of analysing, forecast each run in progress's final "
+        "metric from its first part (fitted on the finished runs among STORES; see "
+        "docs/sweep-forecast.md for what a run must log)")
+    g.add_argument("--forecast", action="store_true", help="forecast the runs in progress")
+    g.add_argument("--at", type=float, default=0.2, metavar="F",
+                   help="cut, a fraction of the planned steps (default: %(default)s)")
+    g.add_argument("--metric", default=None, help="logged metric to forecast (default: from "
+                   "the stores)")
+    g.add_argument("--planned-steps", type=int, default=None, metavar="N",
+                   help="planned steps of every run (default: from the stores)")
+    g.add_argument("--predictor", default=None, metavar="PATH",
+                   help="a saved forecaster instead of fitting one on the finished runs")
+    g.add_argument("--save-predictor", default=None, metavar="PATH",
+                   help="save the fitted forecaster here")
+
+
+def _cmd_sweep_forecast(args: argparse.Namespace) -> int:
+    from .predict.sweep_forecast import forecast_sweep
+
+    res = forecast_sweep(args.stores, at=args.at, metric=args.metric,
+                         planned_steps=args.planned_steps, predictor=args.predictor)
+    if args.save_predictor:
+        res.forecaster.save(args.save_predictor)
+    print(res.table())
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    if args.forecast:
+        return _cmd_sweep_forecast(args)
+    if args.out is None:
+        raise ConfigError("Expected --out FOLDER for the sweep's analysis (or --forecast).")
     from .online.sweep import analyze_sweep
 
     check_output_dir(args.out, kind="the sweep folder (--out)", create=False)
@@ -267,7 +301,7 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="zoo folder (created; resumed if it holds "
                    "the same zoo)")
     p.add_argument("--runs", type=int, default=None, help="number of runs (default: digits-inr "
-                   "1797 (every image), sines 1000, digits-generalisation 300)")
+                   "1797 (every image), sines 1000, digits-generalisation 300, sweep-* 300)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--shared-init", action="store_true", help="start every run from one "
                    "initialisation (the easy reference; default: each run its own)")
@@ -291,6 +325,10 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
     if zoo and "test_acc" in zoo[0].attrs:
         acc = zoo.labels("test_acc")
         print(f"test accuracy mean {np.mean(acc):.3f} (range {np.min(acc):.3f}..{np.max(acc):.3f})")
+    if zoo and "final_metric" in zoo[0].attrs:  # sweep zoos
+        fin = zoo.labels("final_metric")
+        print(f"final test metric median {np.median(fin):.3f} (range {np.min(fin):.3f}.."
+              f"{np.max(fin):.3f}); diverged {int((zoo.labels('diverged_at') >= 0).sum())}")
     return 0
 
 

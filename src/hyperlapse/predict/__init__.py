@@ -5,6 +5,8 @@ from __future__ import annotations
 from .encoder import EncoderFeatures
 from .features import FEATURES, FeatureExtractor, register_features
 from .predictor import Predictor, cross_validate, fit_predictor
+from .sweep_forecast import SweepForecast, SweepForecaster, TooFewFinishedRunsError, forecast_sweep
 
 __all__ = ["FEATURES", "EncoderFeatures", "FeatureExtractor", "Predictor", "cross_validate",
-           "fit_predictor", "register_features"]
+           "SweepForecast", "SweepForecaster", "TooFewFinishedRunsError", "fit_predictor",
+           "forecast_sweep", "register_features"]

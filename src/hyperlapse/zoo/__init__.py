@@ -5,5 +5,7 @@ from __future__ import annotations
 from .builders import ZOOS, build_zoo
 from .population import PopulationMLP
 from .reader import RunView, Zoo, open_zoo
+from .sweeps import SWEEP_TASKS, sweep_hparams
 
-__all__ = ["ZOOS", "PopulationMLP", "RunView", "Zoo", "build_zoo", "open_zoo"]
+__all__ = ["SWEEP_TASKS", "ZOOS", "PopulationMLP", "RunView", "Zoo", "build_zoo", "open_zoo",
+           "sweep_hparams"]

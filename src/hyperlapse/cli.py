@@ -255,6 +255,8 @@ def _add_sweep_forecast(p: argparse.ArgumentParser) -> None:
 def _cmd_sweep_forecast(args: argparse.Namespace) -> int:
     from .predict.sweep_forecast import forecast_sweep
 
+    if args.save_predictor:  # before the fit, not after it
+        check_output_file(args.save_predictor, kind="the forecaster file (--save-predictor)")
     res = forecast_sweep(args.stores, at=args.at, metric=args.metric,
                          planned_steps=args.planned_steps, predictor=args.predictor)
     if args.save_predictor:

@@ -176,10 +176,10 @@ def test_damaged_committed_chunk_refuses_resume(tmp_path, io) -> None:
 def test_default_path_is_buffered_and_a_refused_odirect_falls_back(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("HYPERLAPSE_WRITER_IO", raising=False)
     w = _writer(tmp_path / "default.zarr")
-    assert w.io_path == "buffered"  # the measured default (StoreWriter._choose_io)
+    assert w.io_path == "buffered"  # the measured default (sinks.open_sink)
     w.close()
     monkeypatch.setenv("HYPERLAPSE_WRITER_IO", "odirect")
-    monkeypatch.setattr("hyperlapse.store.writer.direct_io_supported", lambda folder: False)
+    monkeypatch.setattr("hyperlapse.store.sinks.direct_io_supported", lambda folder: False)
     path = tmp_path / "run.zarr"
     w = _writer(path)
     assert w.io_path == "buffered"

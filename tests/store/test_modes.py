@@ -22,8 +22,9 @@ from hyperlapse.errors import (
     StoreExistsError,
     StoreLockedError,
 )
-from hyperlapse.store import writer as writer_mod
-from hyperlapse.store.writer import StoreWriter, finish_interrupted_replace
+from hyperlapse.store import replace as writer_mod
+from hyperlapse.store.replace import finish_interrupted_replace
+from hyperlapse.store.writer import StoreWriter
 
 PARAMS = [{"name": "w", "shape": [2, 3], "dtype": "float32"}]
 

@@ -105,7 +105,7 @@ def check_compression(compression: Any) -> str:
     return str(compression)
 
 
-def resolve_compression(compression: str, location: str | os.PathLike) -> str:
+def resolve_compression(compression: str, location: LocationLike) -> str:
     """The recorder's choice for ``compression="auto"``: "none" on local stores (fixed-size
     chunks, written in place by the fast path; ``hyperlapse compact`` compresses a closed store
     afterwards), the measured compressor per dtype on object stores (no fast path there;
@@ -222,13 +222,14 @@ def _fsspec_package(url: str) -> str:
     return "fsspec"
 
 
-def store_exists(location: str | os.PathLike) -> bool:
+def store_exists(location: LocationLike) -> bool:
     """Whether anything exists at ``location`` (a local path, even a broken link, or a URL with
     a ``zarr.json``)."""
-    if not is_url(location):
-        return os.path.lexists(local_path(location))
+    loc = StoreLocation.of(location)
+    if not loc.is_url:
+        return os.path.lexists(loc.local())
     try:
-        return sync(make_store(location, read_only=True).exists("zarr.json"))
+        return sync(make_store(loc, read_only=True).exists("zarr.json"))
     except (FileNotFoundError, OSError):
         return False
 
@@ -239,12 +240,13 @@ _DAMAGED = (
 )
 
 
-def check_location(location: str | os.PathLike) -> None:
+def check_location(location: LocationLike) -> None:
     """Raise NotAStoreError unless a local ``location`` is a folder with a ``zarr.json``."""
-    if is_url(location):
+    loc = StoreLocation.of(location)
+    if loc.is_url:
         return
-    where = str(StoreLocation.of(location))
-    path = local_path(location)
+    where = loc.shown
+    path = loc.local()
     if not os.path.lexists(path):
         raise NotAStoreError(
             f"Expected a hyperlapse trajectory store at '{where}', but nothing exists there. "
@@ -324,11 +326,12 @@ def read_attrs(store: Any, where: str) -> dict[str, Any]:
     return attrs
 
 
-def open_group(location: str | os.PathLike, *, read_only: bool) -> zarr.Group:
+def open_group(location: LocationLike, *, read_only: bool) -> zarr.Group:
     """Open an existing hyperlapse store; raise NotAStoreError for anything else."""
-    where = str(StoreLocation.of(location))
-    check_location(location)
-    store = make_store(location, read_only=read_only)
+    loc = StoreLocation.of(location)
+    where = loc.shown
+    check_location(loc)
+    store = make_store(loc, read_only=read_only)
     read_attrs(store, where)
     try:
         return zarr.open_group(store, mode="r" if read_only else "r+")

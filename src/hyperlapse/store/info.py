@@ -63,14 +63,14 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
             f"The store at '{traj.location}' holds no committed snapshot (closed cleanly: "
             f"{bool(attrs.get('closed'))}). Was the recorder killed before its first flush?"
         )
-    local = not fmt.is_url(location)
+    local = not traj.where.is_url
     params = []
     for p in attrs["parameters"]:
         view = traj.weights(p["name"])
         numel = math.prod(p["shape"])
         itemsize = np.dtype(view.dtype).itemsize
         stored = (
-            disk_usage(location, f"{fmt.PARAMS}/{p['name']}")[1]
+            disk_usage(traj.where, f"{fmt.PARAMS}/{p['name']}")[1]
             if local
             else int(view.zarr.nbytes_stored())
         )
@@ -87,7 +87,7 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
     raw = sum(p["raw_bytes"] for p in params)
     stored = sum(p["stored_bytes"] for p in params)
     float32_raw = sum(p["numel"] * 4 * n for p in params)
-    files, total = disk_usage(location) if local else (None, None)
+    files, total = disk_usage(traj.where) if local else (None, None)
     arch = attrs.get("architecture")
     return {
         "path": traj.location,

@@ -23,6 +23,7 @@ from zarr.core.sync import sync
 
 from ..errors import ConfigError, CorruptStoreError, EmptyStoreError
 from . import format as fmt
+from .location import LocationLike, StoreLocation
 from .shards import MISSING, parse_index
 
 __all__ = ["Trajectory", "WeightsView", "open_trajectory", "open_trajectories"]
@@ -118,10 +119,11 @@ class Trajectory:
         attrs: all group attributes.
     """
 
-    def __init__(self, location: str | os.PathLike) -> None:
-        self.location = os.fspath(location)
-        fmt.check_location(location)
-        self._store = fmt.make_store(location, read_only=True)
+    def __init__(self, location: LocationLike) -> None:
+        self.where = StoreLocation.of(location)
+        self.location = self.where.shown
+        fmt.check_location(self.where)
+        self._store = self.where.make_store(read_only=True)
         self._length = 0
         self._handles: dict[str, zarr.Array] = {}
         self._cache: dict[str, _Growing] = {}
@@ -458,7 +460,7 @@ def _to_tensor(array: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def open_trajectory(location: str | os.PathLike) -> Trajectory:
+def open_trajectory(location: LocationLike) -> Trajectory:
     """Open a trajectory store (local path or URL) for reading.
 
     Raises:

@@ -1,30 +1,18 @@
-"""The single writer of a trajectory store: the commit protocol and its two IO paths.
+"""The single writer of a trajectory store: the commit protocol.
 
 :class:`StoreWriter` is synchronous and single-threaded; the recorder drives it from its
 background thread. It holds the store's write lock (:mod:`hyperlapse.store.lock`) from opening
-to :meth:`StoreWriter.close`. How a snapshot reaches the files (:attr:`StoreWriter.io_path`,
-stored in the attrs as ``writer_io``):
-
-* **fill-in-place** ("odirect" / "buffered"): local stores whose parameter chunks are
-  uncompressed (fixed size). Each shard file is created with its final size and index when its
-  first snapshot arrives, and every snapshot is written into its slot at once, from the
-  caller's array (:mod:`hyperlapse.store.inplace`): one buffered ``pwritev`` (the default), or
-  with ``HYPERLAPSE_WRITER_IO=odirect`` ``O_DIRECT`` from a page-aligned staging buffer where
-  the filesystem accepts it (see :meth:`StoreWriter._choose_io` for why). Per snapshot this is
-  one CRC32C and one write per parameter, whatever the run's length.
-* **zarr**: object stores and compressed stores. Each snapshot of each parameter is compressed
-  when it arrives (one inner chunk with its CRC32C, :mod:`hyperlapse.store.shards`) and kept
-  until its shard is complete; a flush writes the current shard object, assembled from the
-  kept bytes, through Zarr's store API (atomically replaced: temp file + rename, or one PUT).
-  A time flush writes a partial shard; the next flush writes it again with more inner chunks,
-  the committed ones byte for byte the same.
+to :meth:`StoreWriter.close`. The parameter shards are written by a shard sink chosen once at
+opening (:mod:`hyperlapse.store.sinks`: filled in place on local uncompressed stores, assembled
+and written through Zarr elsewhere; :attr:`StoreWriter.io_path`, stored as ``writer_io``).
 
 A flush
 
 1. grows the arrays if the new length exceeds their capacity (geometrically: the capacity at
    least doubles, so array metadata is written O(log T) times in a run of T snapshots);
-2. writes the current shard objects (zarr path only) and the new entries of ``step``,
-   ``wall_time`` and ``metrics/*`` (one chunk each: constant cost);
+2. has the sink write what the commit needs (the current shard objects on the Zarr path;
+   nothing in place) and writes the new entries of ``step``, ``wall_time`` and ``metrics/*``
+   (one chunk each: constant cost);
 3. with ``fsync=True``, fsyncs every file written since the last commit (and new folders);
 4. writes the group attrs with the new ``committed`` (one atomic ``zarr.json`` replace), and
    fsyncs it.
@@ -35,28 +23,29 @@ trust ``committed`` only, never the arrays' shapes or slots past it. :meth:`Stor
 makes the last fill-in-place shard list only the chunks it holds and sets every array's length
 to ``committed`` (no chunk listing: the same cost at any T), so a closed store has exact shapes
 for xarray and plain Zarr.
+
+``mode`` says what to do with an existing store: "append" continues it, "create" refuses it,
+"replace" builds the new store beside it and swaps it in at the first commit
+(:mod:`hyperlapse.store.replace`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as _dt
-import errno
 import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-from zarr.core.buffer import default_buffer_prototype
+from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync
 
 from ..errors import (
@@ -68,10 +57,10 @@ from ..errors import (
     StoreExistsError,
 )
 from . import format as fmt
-from .inplace import DIRECT_MIN_BYTES, PAGE, ShardFile, aligned_buffer, direct_io_supported
 from .location import LocationLike, StoreLocation
 from .lock import WriterLock
-from .shards import ChunkEncoder, assemble_shard, chunk_crc_ok, split_shard
+from .replace import Replacement, finish_interrupted_replace
+from .sinks import open_sink
 
 MetricsLike = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
@@ -182,19 +171,11 @@ class StoreWriter:
         self.dropped = 0
         self.report_dropped = 0
         self.nonfinite = 0
-        self.bytes_written = 0
-        self.payload_bytes = 0
-        # counted by write_data, which may run on another thread (see write_data)
-        self._data_bytes = 0
-        self._data_payload = 0
+        self._scalar_bytes = 0  # bytes of step/wall_time/metrics chunks written
         self.flushes = 0
         self._dirty: set[str] = set()
         self._lock: WriterLock | None = None
-        self._replacing: _Replacement | None = None
-        #: how parameter snapshots reach the files ("odirect", "buffered" or "zarr"); set once
-        #: the arrays are open (:meth:`_choose_io`)
-        self.io_path: str | None = None
-        self._files: dict[str, ShardFile] = {}
+        self._replacing: Replacement | None = None
         creating = False
         where = self._where
         try:
@@ -204,7 +185,7 @@ class StoreWriter:
             if not fresh and mode == "create":
                 raise self._exists_error()
             if not fresh and mode == "replace":
-                self._replacing = _Replacement.begin(where, self._existing_attrs_or_damage())
+                self._replacing = Replacement.begin(where, self._existing_attrs_or_damage())
                 self._lock = self._replacing.new_lock
                 self._loc = self._replacing.new
                 creating = True
@@ -443,32 +424,9 @@ class StoreWriter:
         return fmt.STORED_DTYPES.get(dtype, dtype)
 
     def _allocate_buffers(self) -> None:
-        self._arrays = {p["name"]: self.group[f"{fmt.PARAMS}/{p['name']}"] for p in self.parameters}
-        self._empty = {p["name"] for p in self.parameters if math.prod(p["shape"]) == 0}
-        codecs = {name: _compressor(arr) for name, arr in self._arrays.items()}
-        self._encoders = {name: ChunkEncoder(*c) for name, c in codecs.items()}
-        # encoded inner chunks of the current shard, from its first snapshot on (zarr path)
-        self._chunks: dict[str, list[bytes]] = {name: [] for name in self._arrays}
-        self.io_path = self._choose_io(codecs)
-        if self.io_path != "zarr":
-            # fixed inner-chunk sizes: raw bytes + CRC32C
-            self._cs = {
-                name: math.prod(arr.shape[1:]) * arr.dtype.itemsize + 4
-                for name, arr in self._arrays.items()
-                if name not in self._empty
-            }
-            direct = self.io_path == "odirect"
-            self._direct = {n for n, cs in self._cs.items() if direct and cs >= DIRECT_MIN_BYTES}
-            self._stage = (
-                aligned_buffer(max(self._cs[n] for n in self._direct) + 2 * PAGE)
-                if self._direct
-                else None
-            )
-            if self.written % self.k:
-                self._resume_shards()
-        elif self.written % self.k:
-            self._load_partial_shard()
-        self._next = self.written  # next slot write_data fills
+        arrays = {p["name"]: self.group[f"{fmt.PARAMS}/{p['name']}"] for p in self.parameters}
+        self._arrays = arrays  # handles for resizing
+        self._sink = open_sink(self._loc, arrays, self.k, self.written, fsync=self.fsync)
         self._steps = np.empty(self.k, dtype=np.int64)
         self._walls = np.empty(self.k, dtype=np.float64)
         self._metrics: list[MetricsLike] = []
@@ -476,92 +434,13 @@ class StoreWriter:
         self._scalars = {p: self._handle(p) for p in self._array_paths()[len(self.parameters) :]}
         self._scalar_chunk = self._scalars[fmt.STEP].chunks[0]
 
-    def _choose_io(self, codecs: dict[str, tuple[Any, bool]]) -> str:
-        """"buffered" or "odirect" (fill-in-place shard files) for local stores whose parameter
-        chunks are uncompressed, else "zarr" (shards assembled and written through Zarr's store
-        API: object stores, compressed stores).
-
-        Buffered ``pwrite`` is the default: measured on the 2-core machine
-        (benchmarks/results/recording_overhead.md), ``O_DIRECT`` writes from the background
-        thread slowed a 784-2048-10 loop recorded every 10 steps by +69 % against +24 %
-        buffered, and were no better at 784-256-256-10. ``HYPERLAPSE_WRITER_IO`` = "odirect"
-        asks for ``O_DIRECT`` (it wins where writes come fast enough to hit the kernel's
-        dirty-page throttling, e.g. a wide model recorded every step; buffered where the
-        filesystem refuses it); "buffered" or "zarr" force a path (tests, diagnosis)."""
-        forced = os.environ.get("HYPERLAPSE_WRITER_IO", "auto")
-        fixed = all(
-            codec is None and crc for name, (codec, crc) in codecs.items()
-            if name not in self._empty
-        )
-        posix = all(hasattr(os, f) for f in ("pwrite", "pwritev", "pread", "fdatasync"))
-        if forced == "zarr" or self._loc.is_url or not fixed or not posix:
-            return "zarr"
-        root = self._loc.local() / fmt.PARAMS
-        if forced != "odirect" or not direct_io_supported(root):
-            return "buffered"
-        return "odirect"
-
-    def _shard_file(self, name: str, shard: int) -> Path:
-        arr = self._arrays[name]
-        key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
-        return self._loc.local() / fmt.PARAMS / name / key
-
-    def _start_shards(self, shard: int) -> None:
-        """Fill-in-place: close the previous shard files and start shard ``shard`` of every
-        parameter (its file gets its final size and index now)."""
-        self._close_files()
-        for name, cs in self._cs.items():
-            path = self._shard_file(name, shard)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            stage = self._stage if name in self._direct else None
-            self._files[name] = ShardFile.create(path, self.k, cs, stage)
-            self._data_bytes += 16 * self.k + 4
-
-    def _resume_shards(self) -> None:
-        """Fill-in-place, resuming inside a shard: continue its files where ``committed`` ends."""
-        self._close_files()
-        shard, n = divmod(self.written, self.k)
-        for name, cs in self._cs.items():
-            path = self._shard_file(name, shard)
-            stage = self._stage if name in self._direct else None
-            try:
-                self._files[name] = ShardFile.resume(path, self.k, cs, n, stage, self.fsync)
-            except (OSError, ValueError) as exc:
-                self._close_files()
-                raise CorruptStoreError(
-                    f"The store at '{self.location}' says {self.written} snapshots are "
-                    f"committed, but shard {shard} of '{name}' lacks some of them or fails its "
-                    f"checksum ({exc}). The store is damaged; record to a new path."
-                ) from exc
-
-    def _close_files(self) -> None:
-        files, self._files = self._files, {}
-        for f in files.values():
-            f.close()
-
-    def _shard_path(self, name: str, shard: int) -> Any:
-        arr = self._arrays[name]
-        return arr.store_path / arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
-
-    def _load_partial_shard(self) -> None:
-        """Resuming inside a shard: keep the committed inner chunks' bytes to write them again."""
-        shard, n = divmod(self.written, self.k)
-        for name in self._arrays:
-            if name in self._empty:
-                self._chunks[name] = [b""] * n
-                continue
-            buf = sync(self._shard_path(name, shard).get(prototype=default_buffer_prototype()))
-            try:
-                chunks = split_shard(buf.to_bytes(), self.k)[:n] if buf is not None else [None]
-            except ValueError:
-                chunks = [None]
-            if any(c is None or not chunk_crc_ok(c) for c in chunks):
-                raise CorruptStoreError(
-                    f"The store at '{self.location}' says {self.written} snapshots are committed, "
-                    f"but shard {shard} of '{name}' lacks some of them or fails its checksum. The "
-                    f"store is damaged; record to a new path."
-                )
-            self._chunks[name] = list(chunks)  # type: ignore[arg-type]
+    @property
+    def io_path(self) -> str | None:
+        """How parameter snapshots reach the files: "buffered" or "odirect" (filled in place)
+        or "zarr" (:func:`hyperlapse.store.sinks.open_sink`); ``None`` before the arrays
+        are open."""
+        sink = getattr(self, "_sink", None)
+        return None if sink is None else sink.name
 
     # -- appending -------------------------------------------------------------------------
     @property
@@ -600,8 +479,8 @@ class StoreWriter:
             self.flush()  # the previous shard is complete: write it whole
         i = self.pending
         if state is not None:
-            finite = self.write_data(state) if self.io_path != "zarr" else self._encode(state)
-        elif self.io_path == "zarr" or self._next <= self.written + i:
+            finite = self.write_data(state)
+        elif self._sink.next <= self.written + i:
             raise ValueError("append(None) without a snapshot written by write_data()")
         self._steps[i] = step
         self._walls[i] = wall_time
@@ -613,38 +492,21 @@ class StoreWriter:
         return not finite
 
     def write_data(self, state: Mapping[str, np.ndarray]) -> bool:
-        """Fill-in-place paths: write the next snapshot's bytes (and CRC32C) into its slot now;
-        :meth:`append` with ``state=None`` must follow for it, in the same order.
+        """Hand the next snapshot's bytes to the shard sink now (fill-in-place: written into
+        its slot with its CRC32C); :meth:`append` with ``state=None`` must follow for it, in
+        the same order.
 
-        This half touches only the shard files (starting the next shard's files at a shard
-        boundary) and its own counters, so one other thread may call it while this writer's
-        thread appends, flushes and commits earlier snapshots (the recorder's inline writes:
-        the training thread writes, the writer thread commits). A snapshot counts only once
-        :meth:`append` has taken it; a commit makes it durable, so a crash between the two
-        leaves bytes in an uncommitted slot, which readers never look at.
+        On the fill-in-place paths this half touches only the shard files (starting the next
+        shard's files at a shard boundary) and the sink's counters, so one other thread may
+        call it while this writer's thread appends, flushes and commits earlier snapshots (the
+        recorder's inline writes: the training thread writes, the writer thread commits). A
+        snapshot counts only once :meth:`append` has taken it; a commit makes it durable, so a
+        crash between the two leaves bytes in an uncommitted slot, which readers never look at.
 
         Returns:
             Whether the snapshot is finite (no NaN or infinite value).
         """
-        i = self._next
-        if i % self.k == 0:
-            self._start_shards(i // self.k)
-        for p in self.parameters:
-            name = p["name"]
-            if name in self._empty:
-                continue
-            self._data_bytes += self._files[name].write(_raw_bytes(state[name]))
-            self._data_payload += self._cs[name]
-        self._next = i + 1
-        return self._finite_state(state)
-
-    def _encode(self, state: Mapping[str, np.ndarray]) -> bool:
-        """Zarr path: compress each parameter into its inner chunk, kept until its flush."""
-        for p in self.parameters:
-            name = p["name"]
-            chunk = b"" if name in self._empty else self._encoders[name](state[name])
-            self.payload_bytes += len(chunk)
-            self._chunks[name].append(chunk)
+        self._sink.put(state)
         return self._finite_state(state)
 
     def _finite_state(self, state: Mapping[str, np.ndarray]) -> bool:
@@ -711,24 +573,7 @@ class StoreWriter:
             if start:  # earlier snapshots: not logged
                 self._write_scalar(path, 0, np.full(start, np.nan))
         self.metric_names += new_names
-        shard = start // self.k
-        for name in self._arrays if self.io_path == "zarr" else ():
-            if name in self._empty:
-                continue
-            data = assemble_shard(self._chunks[name], self.k)
-            key = self._shard_path(name, shard)
-            sync(key.set(default_buffer_prototype().buffer.from_array_like(data)))
-            self.bytes_written += data.nbytes
-            self._dirty.add(key.path)
-        for name in self._arrays:
-            if end % self.k == 0:
-                self._chunks[name] = []
-        if self.io_path != "zarr":  # written by write_data, made durable here (by path: the
-            # files may be written meanwhile by another thread, see write_data)
-            root = self._loc.local()
-            for s in range(start // self.k, (end - 1) // self.k + 1):
-                for name in self._cs:
-                    self._dirty.add(str(self._shard_file(name, s).relative_to(root)))
+        self._dirty.update(self._sink.flush(start, end))
         self._write_scalar(fmt.STEP, start, self._steps[:n])
         self._write_scalar(fmt.WALL_TIME, start, self._walls[:n])
         for name in self.metric_names:
@@ -748,7 +593,7 @@ class StoreWriter:
         c = self._scalar_chunk
         for i in range(start // c, (start + len(values) - 1) // c + 1):
             self._dirty.add(f"{path}/{arr.metadata.encode_chunk_key((i,))}")
-            self.bytes_written += c * arr.dtype.itemsize
+            self._scalar_bytes += c * arr.dtype.itemsize
 
     def _sync_dirty(self) -> None:
         """fsync the files written since the last commit and their folders (``fsync=True``)."""
@@ -802,14 +647,12 @@ class StoreWriter:
         """mode="replace": the new store's first commit is durable; it takes the old one's
         place (atomically where the OS can exchange two folders) and the old one is deleted."""
         assert self._replacing is not None
-        old_root = self._loc.local()
         if self._replacing.swap(self.fsync):  # no descriptor path: follow the folder's new name
             self._loc = self._where
             self.group = zarr.open_group(self._loc.make_store(read_only=False), mode="r+")
             self._arrays = {name: self.group[f"{fmt.PARAMS}/{name}"] for name in self._arrays}
             self._scalars = {path: self._handle(path) for path in self._scalars}
-            for f in self._files.values():
-                f.path = self._loc.local() / f.path.relative_to(old_root)
+            self._sink.rebind(self._loc, self._arrays)
 
     def truncate_after_step(self, step: int) -> int:
         """Drop committed snapshots whose step is greater than ``step`` (a resumed run replays
@@ -824,11 +667,7 @@ class StoreWriter:
             self.written = keep
             self._commit()
             self.last_step = int(steps[keep - 1]) if keep else None
-            self._chunks = {name: [] for name in self._arrays}
-            self._close_files()
-            self._next = keep
-            if keep % self.k:
-                self._resume_shards() if self.io_path != "zarr" else self._load_partial_shard()
+            self._sink.restart(keep)
         return self.written
 
     def close(self, counters: Mapping[str, Any] | None = None) -> None:
@@ -841,28 +680,18 @@ class StoreWriter:
             # new index and the arrays' final lengths; (2) the cut of that shard (only after
             # its new index is durable); (3) the commit.
             self.flush(commit=False)
-            cut = self._finish_shards()
+            keys, cuts = self._sink.finish(self.written)
+            self._dirty.update(keys)
             if self.capacity != self.written:
                 high = self._high
                 self._set_length(self.written)
                 self._delete_beyond(high)
             self._sync_dirty()
-            _parallel([f.cut_and_sync if self.fsync else f.cut for f in cut])
-            self._close_files()
+            _parallel(cuts)
+            self._sink.close()
             self._commit(closed=True, writer=None)
         finally:
             self.release()
-
-    def _finish_shards(self) -> list[ShardFile]:
-        """Fill-in-place: the last, partial shard is to list only the chunks it holds. Writes
-        its new index (ShardFile.finish) and returns the files to cut once that is durable."""
-        files = list(self._files.values()) if self.written % self.k else []
-        for f in files:  # the committed count, not the slots write_data started
-            f.n = self.written % self.k
-        cut = [f for f in files if f.finish(self.fsync)]
-        for f in files:
-            self._dirty.add(str(f.path.relative_to(self._loc.local())))
-        return cut
 
     def _delete_beyond(self, high: int) -> None:
         """Delete the chunks between ``committed`` and ``high`` (the longest the arrays have
@@ -918,7 +747,9 @@ class StoreWriter:
     def release(self) -> None:
         """Give the write lock back without committing anything (idempotent). A replacement
         that never reached its first commit is deleted: the old store stays as it was."""
-        self._close_files()
+        sink = getattr(self, "_sink", None)
+        if sink is not None:
+            sink.close()
         replacing, self._replacing = self._replacing, None
         if replacing is not None:
             replacing.end()
@@ -931,160 +762,19 @@ class StoreWriter:
     def write_amplification(self) -> float:
         """Bytes written per byte of snapshot data (1.0 plus rewrites: partial shards on the
         zarr path; indexes and shared O_DIRECT pages in place)."""
-        return (self.bytes_written + self._data_bytes) / max(
-            self.payload_bytes + self._data_payload, 1
-        )
+        return self.bytes_written / max(self.payload_bytes, 1)
 
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of data objects written so far (shards, scalar chunks)."""
+        sink = getattr(self, "_sink", None)
+        return self._scalar_bytes + (sink.bytes_written if sink is not None else 0)
 
-_NEW = ".replacing"
-_ASIDE = ".replaced"
-
-
-class _Replacement:
-    """mode="replace": a new store built beside the old one (``<name>.replacing``) and swapped
-    in at its first commit. Until then the old store is untouched and readable (its lock is
-    held, so no other writer changes it meanwhile); a crash leaves it whole, and the next
-    writer deletes the leftover (:func:`finish_interrupted_replace`).
-
-    The writer works in the new folder through a descriptor path (``/proc/self/fd/N``) that
-    names the folder itself whatever it is called, so the swap changes no path the writer (or
-    a thread writing shard files inline) uses.
-    """
-
-    def __init__(self, target: StoreLocation, old_lock: WriterLock) -> None:
-        self.target = target
-        self.old_lock = old_lock
-        self.new_path = target.sibling(_NEW).local()
-        self.new_lock = WriterLock(self.new_path)
-        self.new_lock.acquire(None)  # creates the folder
-        self._fd: int | None = os.open(
-            self.new_path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-        )
-        handle = _descriptor_path(self._fd, self.new_path)
-        self.follows = handle is not None  # the descriptor path follows the folder's renames
-        self.new = target.at(handle or self.new_path)
-        self.swapped = False
-
-    @classmethod
-    def begin(cls, target: StoreLocation, attrs: dict[str, Any] | None) -> _Replacement:
-        old_lock = WriterLock(target)
-        old_lock.acquire(attrs)  # StoreLockedError while another writer works on it
-        try:
-            return cls(target, old_lock)
-        except BaseException:
-            old_lock.release()
-            raise
-
-    def swap(self, fsync: bool) -> bool:
-        """Put the new store at the target's path; delete the old one. Returns whether the
-        writer must re-point its handles (no descriptor path)."""
-        target = self.target.local()
-        if _exchange(self.new_path, target):
-            if fsync:
-                _fsync(target.parent)
-            self.swapped = True
-            old = self.new_path  # the old store now has the temporary name
-        else:  # rename aside, then into place (a crash in between: finish_interrupted_replace)
-            old = target.with_name(target.name + _ASIDE)
-            os.rename(target, old)
-            os.rename(self.new_path, target)
-            if fsync:
-                _fsync(target.parent)
-            self.swapped = True
-        shutil.rmtree(old, ignore_errors=True)
-        self.old_lock.release()
-        self.new_lock.location = self.target.shown
-        return not self.follows
-
-    def end(self) -> None:
-        """The writer is done: a replacement that was never swapped in is deleted."""
-        if not self.swapped:
-            shutil.rmtree(self.new_path, ignore_errors=True)
-            self.new_lock.release()
-        self.old_lock.release()
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-
-def _descriptor_path(fd: int, path: Path) -> Path | None:
-    """A path naming the folder open as ``fd`` whatever it is renamed to (Linux procfs), or
-    ``None`` where there is none."""
-    handle = Path(f"/proc/self/fd/{fd}")
-    try:
-        return handle if os.path.samestat(os.stat(handle), os.stat(path)) else None
-    except OSError:
-        return None
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically exchange two folders (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where
-    the OS or the file system cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):  # glibc < 2.28, musl
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                          ctypes.c_uint]
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def finish_interrupted_replace(location: LocationLike) -> str | None:
-    """Tidy what a ``mode="replace"`` writer that crashed left beside ``location`` (a local
-    store); folders a live writer still holds are left alone. Returns what was done."""
-    target = StoreLocation.of(location).local()
-    new = target.with_name(target.name + _NEW)
-    aside = target.with_name(target.name + _ASIDE)
-    done = []
-    with _unheld(new) as new_free, _unheld(aside) as aside_free:
-        if aside_free and not os.path.lexists(target):
-            # crashed between the two renames of a swap: the new store was committed
-            if new_free:
-                os.rename(new, target)
-                done.append(f"moved the committed replacement {new.name} into place")
-                new_free = False
-            else:
-                os.rename(aside, target)
-                done.append(f"restored the original from {aside.name}")
-                aside_free = False
-        for leftover, free in ((new, new_free), (aside, aside_free)):
-            if free:
-                shutil.rmtree(leftover, ignore_errors=True)
-                done.append(f"removed the leftover {leftover.name}")
-    return "; ".join(done) or None
-
-
-@contextlib.contextmanager
-def _unheld(path: Path) -> Iterator[bool]:
-    """Whether ``path`` is a folder no writer holds (its flock is taken for the block)."""
-    if not path.is_dir() or path.is_symlink():
-        yield False
-        return
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        try:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        except (ImportError, OSError):  # no flock here: nothing can hold it
-            pass
-        yield True
-    finally:
-        os.close(fd)
+    @property
+    def payload_bytes(self) -> int:
+        """Encoded bytes of the snapshots taken so far (each counted once)."""
+        sink = getattr(self, "_sink", None)
+        return sink.payload_bytes if sink is not None else 0
 
 
 def short_flush_warning(flush_every_s: float | None, io_path: str = "zarr") -> str | None:
@@ -1135,35 +825,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _compressor(array: zarr.Array) -> tuple[Any, bool]:
-    """(compressor, crc) of a params array's inner chunks, from its metadata."""
-    codecs = array.metadata.codecs
-    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-        raise StoreError(
-            f"Expected the params array '{array.path}' to be sharded (hyperlapse format), but its "
-            f"codecs are {codecs}. The store was not written by hyperlapse; use another path."
-        )
-    inner = list(codecs[0].codecs)
-    crc = bool(inner) and isinstance(inner[-1], Crc32cCodec)
-    if crc:
-        inner.pop()
-    endian = getattr(inner[0], "endian", None)  # None for 1-byte dtypes
-    if not isinstance(inner[0], BytesCodec) or len(inner) > 2 or (
-        endian is not None and endian.value != "little"
-    ):
-        raise StoreError(f"Unsupported inner codecs {inner} in '{array.path}'.")
-    return (inner[1] if len(inner) == 2 else None), crc
-
-
-def _raw_bytes(value: np.ndarray) -> np.ndarray:
-    """The little-endian bytes of one snapshot of a parameter as a flat uint8 view (a copy
-    only where the array is not contiguous or not little-endian)."""
-    data = np.ascontiguousarray(value)
-    if data.dtype.byteorder == ">":
-        data = data.astype(data.dtype.newbyteorder("<"))
-    return data.reshape(-1).view(np.uint8)
 
 
 def _as_float(value: Any) -> float:

@@ -264,7 +264,7 @@ def test_writes_per_snapshot_and_at_close_do_not_grow_with_the_run(tmp_path, mon
         assert short_per[a]["pwrite"] >= 2  # the snapshot reached the shard files
     assert _steady(short_close) == _steady(long_close)  # close: O(1)
     # array metadata: rewritten only when the arrays grow (doubling): O(log T) per array
-    arrays = 5  # w, b, step, wall_time, the loss metric
+    arrays = 6  # w, b, step, wall_time, checksums, the loss metric
     assert long_meta <= arrays * (int(np.log2(1022 / 4)) + 2)
 
 

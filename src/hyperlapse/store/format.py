@@ -41,10 +41,13 @@ from .location import LocationLike, StoreLocation
 
 FORMAT = "hyperlapse.trajectory"
 #: Version written by this code. Version 2 added checksums of every inner chunk, per-layer
-#: dimension names, geometric growth of live arrays and the writer lock.
-VERSION = 2
+#: dimension names, geometric growth of live arrays and the writer lock; version 3 the
+#: ``checksums`` array, which binds every inner chunk to its parameter and snapshot.
+VERSION = 3
 #: Versions this code reads.
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
+#: First version whose chunk checksums are bound to where they belong (``checksums`` array).
+BOUND_CHECKSUMS = 3
 
 PARAMS = "params"
 STEP = "step"
@@ -54,6 +57,12 @@ METRICS = "metrics"
 #: attrs ``probes`` = ``{"num", "features"}`` says they are there.
 PROBES = "probes"
 SNAPSHOT_DIM = "snapshot"
+#: ``(T, P)`` uint32 (version 3): the CRC32C that inner chunk ``t`` of parameter ``p`` (in the
+#: attrs' ``parameters`` order) carries, i.e. its last 4 bytes read little-endian. A chunk read
+#: from another parameter or snapshot (swapped or copied shard files) does not match; 0 for
+#: zero-size tensors (no chunk).
+CHECKSUMS = "checksums"
+PARAMETER_DIM = "parameter"
 
 #: Target bytes of one shard of one parameter when ``snapshots_per_chunk`` is not given.
 SHARD_TARGET_BYTES = 64 * 2**20

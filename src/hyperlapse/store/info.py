@@ -119,6 +119,7 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
         "writes": attrs.get("writes"),
         "writer": attrs.get("writer"),
         "writer_alive": writer_alive(attrs.get("writer")),
+        "checksums_bound": traj.bound_checksums,
         "verified": verify,
         "damaged": damaged,
     }
@@ -189,6 +190,7 @@ def format_info(info: dict[str, Any]) -> str:
                      f"(zarr path: rewrites of partial shards at time flushes; in place: "
                      f"shard indexes and shared O_DIRECT pages; for tiny models mostly the "
                      f"fixed-size step/metric chunks)")
+    lines.append("checksums    " + _checksum_text(info))
     if not info.get("verified"):
         lines.append("integrity    not verified (hyperlapse info --verify reads every snapshot)")
     elif not info["damaged"]:
@@ -199,6 +201,17 @@ def format_info(info: dict[str, Any]) -> str:
             where = "" if d["snapshot"] is None else f" snapshot {d['snapshot']}"
             lines.append(f"  {d['what']}{where}: {d['error']}")
     return "\n".join(lines)
+
+
+def _checksum_text(info: dict[str, Any]) -> str:
+    if info.get("checksums_bound"):
+        return "CRC32C of every chunk, bound to its parameter and snapshot"
+    what = (
+        "no chunk checksums" if info["version"] < 2 else "each chunk's bytes are checked, but"
+        " the checksums are not bound to their place (swapped shard files would read as data)"
+    )
+    return (f"format version {info['version']}: {what}; `hyperlapse compact` rewrites the "
+            f"store as version {fmt.VERSION}")
 
 
 _IO_TEXT = {

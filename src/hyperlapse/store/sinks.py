@@ -64,6 +64,14 @@ class ShardSink:
         self.next = 0
         self.bytes_written = 0
         self.payload_bytes = 0
+        self.names = list(self.arrays)
+        # snapshot index -> the CRC32C each parameter's inner chunk carries (format version 3)
+        self._crcs: dict[int, np.ndarray] = {}
+
+    def checksums(self, start: int, end: int) -> np.ndarray:
+        """``(end - start, P)`` uint32: the CRC32C of the inner chunks of snapshots
+        ``[start, end)`` (taken by :meth:`put`), for the ``checksums`` array."""
+        return np.stack([self._crcs.pop(t) for t in range(start, end)])
 
     def put(self, state: Mapping[str, np.ndarray]) -> None:
         """Take snapshot :attr:`next` (name -> array in the stored dtype)."""
@@ -73,6 +81,9 @@ class ShardSink:
         """Snapshots ``[start, end)`` are to be committed: write what is still to be written;
         return the store keys to make durable."""
         raise NotImplementedError
+
+    def _forget(self, written: int) -> None:
+        self._crcs = {t: row for t, row in self._crcs.items() if t < written}
 
     def restart(self, written: int) -> None:
         """Continue after ``written`` committed snapshots (resume, truncation): forget anything
@@ -142,9 +153,15 @@ class InPlaceSink(ShardSink):
         i = self.next
         if i % self.k == 0:
             self._start(i // self.k)
-        for name, cs in self.cs.items():
-            self.bytes_written += self.files[name].write(_raw_bytes(state[name]))
-            self.payload_bytes += cs
+        row = np.zeros(len(self.names), dtype=np.uint32)
+        for j, name in enumerate(self.names):
+            f = self.files.get(name)
+            if f is None:  # zero-size tensor: no chunk
+                continue
+            self.bytes_written += f.write(_raw_bytes(state[name]))
+            self.payload_bytes += self.cs[name]
+            row[j] = f.last_crc
+        self._crcs[i] = row
         self.next = i + 1
 
     def _start(self, shard: int) -> None:
@@ -164,6 +181,7 @@ class InPlaceSink(ShardSink):
 
     def restart(self, written: int) -> None:
         self.close()
+        self._forget(written)
         self.next = written
         shard, n = divmod(written, self.k)
         if not n:
@@ -215,10 +233,14 @@ class ZarrSink(ShardSink):
     def put(self, state: Mapping[str, np.ndarray]) -> None:
         if self.next % self.k == 0:
             self.chunks = {name: [] for name in self.arrays}
-        for name in self.arrays:
+        row = np.zeros(len(self.names), dtype=np.uint32)
+        for j, name in enumerate(self.names):
             chunk = b"" if name in self.empty else self.encoders[name](state[name])
             self.payload_bytes += len(chunk)
             self.chunks[name].append(chunk)
+            if len(chunk) >= 4:  # the chunk's CRC32C, appended by the encoder
+                row[j] = int.from_bytes(chunk[-4:], "little")
+        self._crcs[self.next] = row
         self.next += 1
 
     def flush(self, start: int, end: int) -> list[str]:
@@ -236,6 +258,7 @@ class ZarrSink(ShardSink):
         return keys
 
     def restart(self, written: int) -> None:
+        self._forget(written)
         self.next = written
         shard, n = divmod(written, self.k)
         self.chunks = {name: [] for name in self.arrays}

@@ -393,6 +393,18 @@ class StoreWriter:
             )
         for name, dtype, fill in ((fmt.STEP, "int64", -1), (fmt.WALL_TIME, "float64", np.nan)):
             self._create_scalar(name, dtype, fill, scalar_chunk)
+        names = [p["name"] for p in self.parameters]
+        self.group.create_array(
+            fmt.CHECKSUMS,
+            shape=(self.capacity, len(names)),
+            dtype="uint32",
+            chunks=(scalar_chunk, len(names)),
+            compressors=[Crc32cCodec()],
+            fill_value=0,
+            dimension_names=(fmt.SNAPSHOT_DIM, fmt.PARAMETER_DIM),
+            attributes={"parameters": names, "coordinates": fmt.STEP},
+            overwrite=True,
+        )
         self._scalar_chunk = scalar_chunk
 
     def _create_scalar(self, name: str, dtype: str, fill: Any, chunk: int) -> None:
@@ -411,7 +423,7 @@ class StoreWriter:
     def _array_paths(self) -> list[str]:
         return (
             [f"{fmt.PARAMS}/{p['name']}" for p in self.parameters]
-            + [fmt.STEP, fmt.WALL_TIME]
+            + [fmt.STEP, fmt.WALL_TIME, fmt.CHECKSUMS]
             + [f"{fmt.METRICS}/{m}" for m in self.metric_names]
         )
 
@@ -574,6 +586,7 @@ class StoreWriter:
                 self._write_scalar(path, 0, np.full(start, np.nan))
         self.metric_names += new_names
         self._dirty.update(self._sink.flush(start, end))
+        self._write_scalar(fmt.CHECKSUMS, start, self._sink.checksums(start, end))
         self._write_scalar(fmt.STEP, start, self._steps[:n])
         self._write_scalar(fmt.WALL_TIME, start, self._walls[:n])
         for name in self.metric_names:
@@ -591,9 +604,10 @@ class StoreWriter:
         arr = self._scalars[path]
         arr[start : start + len(values)] = values
         c = self._scalar_chunk
+        row = (0,) * (arr.ndim - 1)
         for i in range(start // c, (start + len(values) - 1) // c + 1):
-            self._dirty.add(f"{path}/{arr.metadata.encode_chunk_key((i,))}")
-            self._scalar_bytes += c * arr.dtype.itemsize
+            self._dirty.add(f"{path}/{arr.metadata.encode_chunk_key((i, *row))}")
+            self._scalar_bytes += c * arr.dtype.itemsize * math.prod(arr.shape[1:])
 
     def _sync_dirty(self) -> None:
         """fsync the files written since the last commit and their folders (``fsync=True``)."""

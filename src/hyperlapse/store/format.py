@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
@@ -460,3 +460,70 @@ def check_compatible(
             f"Expected the same architecture as the store at '{where}' (widths {old_w}), but "
             f"the model has widths {new_w}. The store was left untouched; record to a new path."
         )
+
+
+#: The dtype of every 1-D array (and the checksums array) a store holds.
+_SCALAR_DTYPES = {STEP: "int64", WALL_TIME: "float64", CHECKSUMS: "uint32"}
+
+
+def expected_array(path: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What the store's own description (its group attrs) says the array at ``path`` is:
+    ``data_type``, ``shape`` past the snapshot axis, ``chunks``/``shards`` (params), whether
+    its chunks end with a ``crc32c`` checksum, ``hyperlapse_dtype`` (params)."""
+    version = attrs["version"]
+    crc = version >= 2
+    if path.startswith(PARAMS + "/"):
+        p = {q["name"]: q for q in attrs["parameters"]}[path.split("/", 1)[1]]
+        shape = tuple(p["shape"])
+        inner = tuple(max(s, 1) for s in shape)
+        return {"data_type": STORED_DTYPES.get(p["dtype"], p["dtype"]), "shape": shape,
+                "chunks": (1, *inner), "shards": (attrs["snapshots_per_chunk"], *inner),
+                "crc32c": crc, "hyperlapse_dtype": p["dtype"]}
+    if path == CHECKSUMS:
+        return {"data_type": "uint32", "shape": (len(attrs["parameters"]),), "crc32c": True}
+    return {"data_type": _SCALAR_DTYPES.get(path, "float64"), "shape": (), "crc32c": crc}
+
+
+def check_array_metadata(arr: zarr.Array, path: str, attrs: Mapping[str, Any], where: str) -> None:
+    """Check an array's ``zarr.json`` against the store's description (:func:`expected_array`).
+
+    Raises:
+        CorruptStoreError: naming the array, the field, what was expected and what was found.
+    """
+    want = expected_array(path, attrs)
+    meta = arr.metadata
+    found: dict[str, Any] = {"data_type": str(arr.dtype), "shape": tuple(arr.shape[1:])}
+    codecs = list(meta.codecs)
+    if "shards" in want:
+        sharding = codecs[0] if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else None
+        found["shards"] = tuple(arr.shards) if sharding is not None else None
+        found["chunks"] = tuple(arr.chunks)
+        codecs = list(sharding.codecs) if sharding is not None else codecs
+        found["hyperlapse_dtype"] = arr.attrs.get("hyperlapse_dtype")
+    found["crc32c"] = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    if not want["crc32c"]:
+        found["crc32c"] = False  # version 1: optional
+    bytes_codec = codecs[0] if codecs else None
+    endian = getattr(getattr(bytes_codec, "endian", None), "value", "little")
+    found_bytes = type(bytes_codec).__name__ == "BytesCodec" and endian == "little"
+    for field, value in want.items():
+        if found.get(field) != value:
+            raise _bad_array(where, path, field, value, found.get(field))
+    if not found_bytes:
+        raise _bad_array(where, path, "codecs", "bytes (little endian) first", codecs)
+    dims = meta.dimension_names
+    if attrs["version"] >= 2 and (not dims or dims[0] != SNAPSHOT_DIM):
+        raise _bad_array(where, path, "dimension_names", f"'{SNAPSHOT_DIM}' first", dims)
+
+
+def _bad_array(where: str, path: str, field: str, expected: Any, found: Any) -> CorruptStoreError:
+    def show(v: Any) -> str:
+        v = list(v) if isinstance(v, tuple) else v
+        text = repr(v)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    return CorruptStoreError(
+        f"The store at '{where}' is damaged: the array '{path}' has {field} {show(found)} in its "
+        f"zarr.json, but the store's description (its attributes) says {show(expected)}. "
+        f"Reading it would return wrong values; {_DAMAGED}"
+    )

@@ -199,13 +199,7 @@ class Trajectory:
                 f"{n} snapshots are committed but the array '{path}' holds "
                 f"{arr.shape[0] if arr.ndim else 0}"
             )
-        if path.startswith(fmt.PARAMS + "/"):
-            want = tuple(self._params[path.split("/", 1)[1]]["shape"])
-            if tuple(arr.shape[1:]) != want:
-                raise self._corrupt(
-                    f"the array '{path}' has snapshots of shape {tuple(arr.shape[1:])}, but the "
-                    f"attrs say {want}"
-                )
+        fmt.check_array_metadata(arr, path, self.attrs, self.location)
         self._handles[path] = arr
         return arr
 

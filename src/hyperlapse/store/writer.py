@@ -343,12 +343,14 @@ class StoreWriter:
             shapes = {}
             for path in self._array_paths():
                 try:
-                    shapes[path] = self.group[path].shape[0]
+                    arr = self.group[path]
+                    shapes[path] = arr.shape[0]
                 except Exception as exc:  # noqa: BLE001 - zarr raises several types
                     raise CorruptStoreError(
                         f"The store at '{self.location}' is damaged: its array '{path}' cannot "
                         f"be opened ({type(exc).__name__}: {exc}). Record to a new path."
                     ) from exc
+                fmt.check_array_metadata(arr, path, attrs, self.location)
             short = {p: s for p, s in shapes.items() if s < self.written}
             if short:
                 path, size = next(iter(short.items()))

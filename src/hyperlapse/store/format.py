@@ -36,6 +36,7 @@ from ..errors import (
     MissingDependencyError,
     NotAStoreError,
     StoreError,
+    StoreNotReadyError,
 )
 from .location import LocationLike, StoreLocation
 
@@ -275,10 +276,32 @@ def check_location(location: LocationLike) -> None:
             f"Pass the *.zarr folder the recorder wrote."
         )
     if not (path / "zarr.json").exists():
+        if _being_created(path):
+            if (path / "zarr.json").exists():  # written meanwhile
+                return
+            raise StoreNotReadyError(
+                f"The store at '{where}' is not ready yet: it is being created by a writer (its "
+                f"description is not written yet; or it is an empty folder). Wait a moment and "
+                f"try again, or use `hyperlapse watch {where}`, which waits for it."
+            )
         raise NotAStoreError(
             f"Expected a hyperlapse trajectory store (a Zarr v3 group) at '{where}', but it "
             f"has no zarr.json. Pass the *.zarr folder the recorder wrote."
         )
+
+
+#: What a store folder holds before its group ``zarr.json`` is written (a writer creating it).
+_BEFORE_DESCRIPTION = {PARAMS, STEP, WALL_TIME, METRICS, CHECKSUMS, PROBES, "zarr.json"}
+
+
+def _being_created(path: Path) -> bool:
+    """Whether a local folder without ``zarr.json`` looks like a store a writer is creating:
+    empty, or only array folders and temp files (only its top level is listed)."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return all(n in _BEFORE_DESCRIPTION or n.endswith(".partial") for n in names)
 
 
 def read_attrs(store: Any, where: str) -> dict[str, Any]:

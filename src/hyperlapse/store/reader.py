@@ -22,7 +22,7 @@ from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from ..errors import ConfigError, CorruptStoreError, EmptyStoreError
+from ..errors import ConfigError, CorruptStoreError, EmptyStoreError, StoreNotReadyError
 from . import format as fmt
 from .location import LocationLike, StoreLocation
 from .shards import MISSING, parse_index
@@ -160,8 +160,9 @@ class Trajectory:
             self._indexes.clear()  # rewritten past n: check again
             self._misplaced.clear()
         self._length = n
-        for path in self._paths():
-            self._open(path, n)
+        if n:  # nothing to read before the first commit (the arrays may still be created)
+            for path in self._paths():
+                self._open(path, n)
         return n - old
 
     def _paths(self) -> list[str]:
@@ -187,6 +188,12 @@ class Trajectory:
         try:
             arr = zarr.open_array(self._store, path=path, mode="r")
         except FileNotFoundError as exc:
+            if n == 0:  # no snapshot committed: its writer is still creating the arrays
+                raise StoreNotReadyError(
+                    f"The store at '{self.location}' is not ready yet: no snapshot is committed "
+                    f"and its array '{path}' is still being created by a writer. Wait for the "
+                    f"first commit (refresh()), or use `hyperlapse watch {self.location}`."
+                ) from exc
             raise self._corrupt(
                 f"the array '{path}' that its attrs name is missing ({exc})"
             ) from exc

@@ -202,6 +202,8 @@ def make_store(location: LocationLike, *, read_only: bool) -> Any:
     if loc.url is None:
         return zarr.storage.LocalStore(loc.local(), read_only=read_only)
     url = loc.url
+    if loc.protocol in ("s3", "s3a"):
+        check_s3_credentials(url)
     try:
         return zarr.storage.FsspecStore.from_url(url, read_only=read_only)
     except ImportError as exc:
@@ -215,6 +217,50 @@ def make_store(location: LocationLike, *, read_only: bool) -> Any:
             f"Expected a local path or a URL with a protocol fsspec knows, but got '{url}' "
             f"({exc}). Use a local path, memory://, s3://, gs://, ... and try again."
         ) from exc
+
+
+_S3_CREDENTIALS_FOUND = False
+
+
+def check_s3_credentials(url: str) -> None:
+    """Fail fast, with what to do, where no AWS credentials can be found for an ``s3://`` URL
+    (s3fs would otherwise retry for ~24 s and raise botocore's ``NoCredentialsError``).
+
+    Resolves credentials the way s3fs will (botocore's chain: environment, shared files,
+    profile, container and instance roles) once per process; anonymous access configured for
+    fsspec (``FSSPEC_S3_ANON=true``) needs none.
+
+    Raises:
+        StoreError: no credentials and no anonymous access.
+    """
+    global _S3_CREDENTIALS_FOUND
+    if _S3_CREDENTIALS_FOUND:
+        return
+    try:
+        import fsspec.config
+        from botocore.session import get_session
+    except ImportError:  # make_store reports the missing backend
+        return
+    conf = fsspec.config.conf.get("s3", {})
+    anon = str(conf.get("anon", "")).lower() in ("1", "true", "yes")
+    if anon or any(k in conf for k in ("key", "secret", "token", "profile", "session")):
+        return  # anonymous, or credentials given to fsspec itself
+    try:
+        found = get_session().get_credentials() is not None
+    except Exception as exc:  # noqa: BLE001 - a broken profile or config file
+        raise StoreError(
+            f"Opening '{url}' needs AWS credentials, but reading the AWS configuration failed "
+            f"({type(exc).__name__}: {exc}). Fix ~/.aws/config (or AWS_PROFILE) and try again."
+        ) from exc
+    if not found:
+        raise StoreError(
+            f"Opening '{url}' needs AWS credentials, but none were found (checked the "
+            f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables, ~/.aws/credentials, "
+            f"AWS_PROFILE and instance roles). Configure them (`aws configure`, or export those "
+            f"variables; AWS_ENDPOINT_URL for an S3-compatible server) or, for a public bucket, "
+            f"set FSSPEC_S3_ANON=true, and try again."
+        )
+    _S3_CREDENTIALS_FOUND = True
 
 
 def _fsspec_package(url: str) -> str:

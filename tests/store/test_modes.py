@@ -19,6 +19,7 @@ from hyperlapse import open_trajectory
 from hyperlapse.errors import (
     ConfigError,
     NotAStoreError,
+    StoreError,
     StoreExistsError,
     StoreLockedError,
 )
@@ -260,3 +261,13 @@ def test_counters_as_arguments(tmp_path) -> None:
         w.flush(counters={"droped": 1})
     w.close()
     assert open_trajectory(path).attrs["dropped"] == 7
+
+
+def test_replace_of_a_url_store_is_refused() -> None:
+    import uuid
+
+    url = f"memory://modes-{uuid.uuid4().hex}"
+    _write(url, 2)
+    with pytest.raises(StoreError, match="mode='replace'.*URL"):
+        StoreWriter(url, PARAMS, mode="replace")
+    assert _values(url) == [0.0, 1.0]

@@ -184,6 +184,12 @@ class StoreWriter:
             fresh = not fmt.store_exists(where) or _is_empty_dir(where)
             if not fresh and mode == "create":
                 raise self._exists_error()
+            if not fresh and mode == "replace" and where.is_url:
+                raise StoreError(
+                    f"Expected a local store for mode='replace', but '{self.location}' is a URL: "
+                    f"object stores cannot swap a store atomically. Delete the old store (or "
+                    f"record to a new URL) and try again."
+                )
             if not fresh and mode == "replace":
                 self._replacing = Replacement.begin(where, self._existing_attrs_or_damage())
                 self._lock = self._replacing.new_lock

@@ -114,6 +114,11 @@ class StoreWriter:
             cost). "none" on a local store selects the fill-in-place path (the recorder's
             "auto" resolves to it there: ``format.resolve_compression``). A resumed store keeps
             the codecs it was created with.
+        mode: "append" (create the store, or continue an existing one after ``committed``),
+            "create" (raise ``StoreExistsError`` if a store, even an empty one, is there) or
+            "replace" (build the new store beside the old one, which stays whole and readable
+            until the new one's first commit is durable; then swap it in and delete the old
+            one; local stores: :mod:`hyperlapse.store.replace`).
 
     Attributes:
         recording_cost: set by the recorder; when not ``None`` every commit stores it in the
@@ -126,6 +131,7 @@ class StoreWriter:
         NotAStoreError: something that is not a hyperlapse store exists at ``location``.
         IncompatibleStoreError: the existing store holds other parameters or architecture.
         StoreLockedError: another writer holds the store.
+        StoreExistsError: ``mode="create"`` and a store exists at ``location``.
         CorruptStoreError: the existing store is damaged.
         ConfigError: a parameter's dtype cannot be stored.
         StoreError: the location cannot be written.

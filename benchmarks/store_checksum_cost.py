@@ -1,5 +1,5 @@
-"""Write cost of format version 3 (chunk checksums bound to parameter and snapshot) against the
-version-2 writer, measured in the same run (issue 16, item 7).
+"""Write and read cost of format version 3 (chunk checksums bound to parameter and snapshot)
+against version 2, measured in the same run (issue 16, item 7).
 
 Drives ``StoreWriter`` directly (no training loop) with snapshots of a 784-256-256-10 MLP
 (1.08 MB float32) and of a 64-32-10 MLP (10 KB), committing every ``--every`` snapshots with
@@ -7,6 +7,8 @@ Drives ``StoreWriter`` directly (no training loop) with snapshots of a 784-256-2
 and the Zarr path (``"lz4"``). Each measurement runs in a fresh child process, alternating the
 baseline source tree (``git archive`` of ``--baseline``, default 311ac8e: version 2) and this
 tree, interleaved over repeats; medians with min-max spread, and the ratio current / baseline.
+Reading: a fresh ``open_trajectory`` of the store just written reads every snapshot
+(``traj[t]``; version 3 also checks each chunk's place once per shard).
 
     nice -n 5 .venv/bin/python benchmarks/store_checksum_cost.py --repeats 5 \
         --out benchmarks/results/store_checksum_cost.json
@@ -50,7 +52,14 @@ for t in range(n):
         w.flush()
 w.close()
 elapsed = time.perf_counter() - t0
-print(json.dumps({"s_per_snapshot": elapsed / n, "version": fmt.VERSION, "io": w.io_path}))
+from hyperlapse import open_trajectory
+t0 = time.perf_counter()
+traj = open_trajectory(path)  # a fresh reader: every shard checked once
+for t in range(n):
+    traj[t]
+read = time.perf_counter() - t0
+print(json.dumps({"s_per_snapshot": elapsed / n, "read_s_per_snapshot": read / n,
+                  "version": fmt.VERSION, "io": w.io_path}))
 shutil.rmtree(path)
 """
 
@@ -99,16 +108,21 @@ def main() -> None:
     for key, runs in results.items():
         row: dict = {}
         for name, rs in runs.items():
-            values = [r["s_per_snapshot"] for r in rs]
-            row[name] = {"median_ms": statistics.median(values) * 1e3,
-                         "min_ms": min(values) * 1e3, "max_ms": max(values) * 1e3,
-                         "version": rs[0]["version"], "io": rs[0]["io"]}
-        row["ratio"] = row["current"]["median_ms"] / row["baseline"]["median_ms"]
+            row[name] = {"version": rs[0]["version"], "io": rs[0]["io"]}
+            for metric in ("s_per_snapshot", "read_s_per_snapshot"):
+                values = [r[metric] for r in rs]
+                row[name][metric] = {"median_ms": statistics.median(values) * 1e3,
+                                     "min_ms": min(values) * 1e3, "max_ms": max(values) * 1e3}
+        for metric in ("s_per_snapshot", "read_s_per_snapshot"):
+            row[f"ratio_{metric}"] = (row["current"][metric]["median_ms"]
+                                      / row["baseline"][metric]["median_ms"])
         summary[key] = row
-        b, c = row["baseline"], row["current"]
-        print(f"{key:<34} v{b['version']} {b['median_ms']:7.3f} ms ({b['min_ms']:.3f}-"
-              f"{b['max_ms']:.3f})  v{c['version']} {c['median_ms']:7.3f} ms ({c['min_ms']:.3f}-"
-              f"{c['max_ms']:.3f})  ratio {row['ratio']:.2f}  [{c['io']}]")
+        for metric, label in (("s_per_snapshot", "write"), ("read_s_per_snapshot", "read")):
+            b, c = row["baseline"][metric], row["current"][metric]
+            print(f"{key:<30} {label:<5} v{row['baseline']['version']} {b['median_ms']:7.3f} ms "
+                  f"({b['min_ms']:.3f}-{b['max_ms']:.3f})  v{row['current']['version']} "
+                  f"{c['median_ms']:7.3f} ms ({c['min_ms']:.3f}-{c['max_ms']:.3f})  "
+                  f"ratio {row[f'ratio_{metric}']:.2f}  [{row['current']['io']}]")
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))
 

@@ -271,3 +271,16 @@ def test_replace_of_a_url_store_is_refused() -> None:
     with pytest.raises(StoreError, match="mode='replace'.*URL"):
         StoreWriter(url, PARAMS, mode="replace")
     assert _values(url) == [0.0, 1.0]
+
+
+def test_a_reader_following_the_store_sees_the_replacement(tmp_path) -> None:
+    path = tmp_path / "run.zarr"
+    _write(path, 6)
+    traj = open_trajectory(path)
+    assert float(traj[5]["w"][0, 0]) == 5.0
+    w = StoreWriter(path, [{"name": "w", "shape": [4], "dtype": "float32"}], mode="replace",
+                    snapshots_per_chunk=4)
+    w.append({"w": np.full(4, 7.0, dtype=np.float32)}, 0, 0.0)
+    w.close()
+    assert traj.refresh() == 1 - 6
+    assert traj[0]["w"].tolist() == [7.0] * 4  # the new store's arrays, not stale handles

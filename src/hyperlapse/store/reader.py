@@ -155,7 +155,12 @@ class Trajectory:
         self.architecture = attrs.get("architecture")
         self._k = int(attrs["snapshots_per_chunk"])
         self._version = int(attrs["version"])
-        if n < old:  # cut back by a resumed writer: forget what was read past n
+        identity = (attrs.get("store_id"), attrs.get("created"), str(attrs["parameters"]), self._k)
+        replaced = getattr(self, "_identity", identity) != identity  # mode="replace" swapped
+        self._identity = identity  # another store in (its handles describe the old arrays)
+        if replaced:
+            self._handles.clear()
+        if n < old or replaced:  # cut back by a resumed writer: forget what was read past n
             self._cache.clear()
             self._indexes.clear()  # rewritten past n: check again
             self._misplaced.clear()

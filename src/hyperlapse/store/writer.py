@@ -38,6 +38,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -307,6 +308,7 @@ class StoreWriter:
             "format": fmt.FORMAT,
             "version": fmt.VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "store_id": uuid.uuid4().hex,  # tells a reader that another store took this place
             "architecture": architecture,
             "parameters": self.parameters,
             "recorder": config,

@@ -53,20 +53,27 @@ def test_info_text(store: str, capsys) -> None:
     assert "closed       yes" in out
 
 
-@pytest.mark.parametrize("case", ["missing", "not_a_store", "empty"])
+@pytest.mark.parametrize("case", ["missing", "not_a_store"])
 def test_info_errors(case: str, tmp_path, capsys) -> None:
     path = tmp_path / "x.zarr"
     if case == "not_a_store":
         path.mkdir()
         (path / "notes.txt").write_text("hello")
-    elif case == "empty":
-        StoreWriter(path, [{"name": "w", "shape": [2], "dtype": "float32"}])
     assert main(["info", str(path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("hyperlapse info: error: ")
-    assert {"missing": "nothing exists", "not_a_store": "no zarr.json", "empty": "no committed"}[
-        case
-    ] in err
+    assert {"missing": "nothing exists", "not_a_store": "no zarr.json"}[case] in err
+
+
+def test_info_on_a_store_with_no_snapshot_yet(tmp_path, capsys) -> None:
+    # healthy, nothing committed yet: said so, exit 0 (it used to be an error, like damage)
+    path = tmp_path / "x.zarr"
+    writer = StoreWriter(path, [{"name": "w", "shape": [2], "dtype": "float32"}])
+    assert main(["info", "--verify", str(path)]) == 0
+    assert "no snapshot committed yet (its writer is running" in capsys.readouterr().out
+    writer.close()
+    assert main(["info", str(path)]) == 0
+    assert "no snapshot committed yet (closed without any)" in capsys.readouterr().out
 
 
 def test_info_verify_intact_store(store: str, capsys) -> None:

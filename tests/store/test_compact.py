@@ -87,3 +87,23 @@ def test_an_interrupted_compaction_is_tidied(tmp_path):
 def test_compact_refuses_urls(tmp_path):
     with pytest.raises(StoreError, match="local"):
         compact_store("memory://x/run.zarr")
+
+
+def test_compact_reports_bytes_and_keeps_created(tmp_path, capsys):
+    from hyperlapse.store.info import disk_usage, human_size
+
+    path = tmp_path / "run.zarr"
+    _record(path)
+    created = open_trajectory(path).attrs["created"]
+    files, before = disk_usage(path)
+    assert before > 10 * files  # bytes, not the file count (the old output showed "23 B")
+    res = compact_store(path, compression="zstd")
+    assert res["bytes_before"] == before
+    assert res["bytes_after"] == disk_usage(path)[1] < before
+    assert res["ratio"] == pytest.approx(res["bytes_after"] / before)
+    assert open_trajectory(path).attrs["created"] == created
+    assert open_trajectory(path).attrs["version"] == 3 and open_trajectory(path).verify() == []
+    again = compact_store(path, compression="lz4")
+    assert main(["compact", str(path), "--compression", "zstd"]) == 0
+    out = capsys.readouterr().out
+    assert f"{human_size(disk_usage(path)[1])} (" in out and human_size(again["bytes_after"]) in out

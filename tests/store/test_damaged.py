@@ -92,7 +92,37 @@ def _missing_inner_chunk(path: Path) -> None:
     (path / SHARD).write_bytes(bytes(data[:-68]) + raw + crc)
 
 
+def _swap_shards(path: Path) -> None:
+    # shard files 0 and 1 of a parameter exchanged: every chunk passes its own CRC32C; only
+    # the checksums bound to (parameter, snapshot) (format version 3) tell
+    first, second = path / "params/0.weight/c/0/0/0", path / SHARD
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b)
+    second.write_bytes(a)
+
+
+def _tamper(array: str, edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        meta = json.loads((path / array / "zarr.json").read_text())
+        edit(meta)
+        (path / array / "zarr.json").write_text(json.dumps(meta))
+
+    return damage
+
+
+def _set_data_type(meta: dict) -> None:
+    meta["data_type"] = "int32"  # same item size: zarr would decode the bytes as int32
+
+
+def _set_shard_shape(meta: dict) -> None:
+    meta["chunk_grid"]["configuration"]["chunk_shape"][0] = 2
+
+
 DAMAGE: dict[str, Callable[[Path], None]] = {
+    "tampered data_type": _tamper("params/0.weight", _set_data_type),
+    "tampered shard shape": _tamper("params/0.weight", _set_shard_shape),
+    "tampered step data_type": _tamper("step", lambda m: m.update(data_type="float64")),
+    "swapped shards": _swap_shards,
     "deleted shard": lambda p: (p / SHARD).unlink(),
     "flipped bit": _flip,
     "truncated shard": lambda p: (p / SHARD).write_bytes((p / SHARD).read_bytes()[:40]),
@@ -185,3 +215,30 @@ def test_analyze_reports_damage(damaged: Path, tmp_path, capsys) -> None:
 def test_errors_are_project_errors() -> None:
     assert issubclass(CorruptStoreError, HyperlapseError)
     assert issubclass(CorruptStoreError, ValueError)
+
+
+def test_swapped_shards_are_named_never_returned(pristine: Path, tmp_path) -> None:
+    path = tmp_path / "run.zarr"
+    shutil.copytree(pristine, path)
+    _swap_shards(path)
+    traj = open_trajectory(path)
+    assert torch.is_tensor(traj[9]["0.weight"])  # the third shard is in its place
+    for t in range(8):
+        with pytest.raises(CorruptStoreError, match=rf"'0.weight' at snapshot {t}.*swapped"):
+            traj[t]
+        with pytest.raises(CorruptStoreError):
+            traj.weights("0.weight")[t]
+    assert [(d["what"], d["snapshot"]) for d in traj.verify()] == [
+        ("0.weight", t) for t in range(8)
+    ]
+
+
+def test_tampered_data_type_names_array_field_expected_and_found(pristine, tmp_path) -> None:
+    path = tmp_path / "run.zarr"
+    shutil.copytree(pristine, path)
+    DAMAGE["tampered data_type"](path)
+    with pytest.raises(CorruptStoreError) as info:
+        open_trajectory(path)
+    message = str(info.value)
+    for part in ("'params/0.weight'", "data_type", "'int32'", "'float32'"):
+        assert part in message, message

@@ -38,7 +38,7 @@ def test_inner_chunks_carry_crc32c(tmp_path) -> None:
     path = tmp_path / "run.zarr"
     _record(path)
     g = zarr.open_group(path, mode="r")
-    assert g.attrs["version"] == 2
+    assert g.attrs["version"] == 3
     for name in ("params/0.weight", "params/2.bias", "step", "wall_time", "metrics/loss"):
         arr = g[name]
         inner = arr.metadata.codecs[0].codecs if arr.shards else arr.metadata.codecs

@@ -176,10 +176,10 @@ def test_damaged_committed_chunk_refuses_resume(tmp_path, io) -> None:
 def test_default_path_is_buffered_and_a_refused_odirect_falls_back(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("HYPERLAPSE_WRITER_IO", raising=False)
     w = _writer(tmp_path / "default.zarr")
-    assert w.io_path == "buffered"  # the measured default (StoreWriter._choose_io)
+    assert w.io_path == "buffered"  # the measured default (sinks.open_sink)
     w.close()
     monkeypatch.setenv("HYPERLAPSE_WRITER_IO", "odirect")
-    monkeypatch.setattr("hyperlapse.store.writer.direct_io_supported", lambda folder: False)
+    monkeypatch.setattr("hyperlapse.store.sinks.direct_io_supported", lambda folder: False)
     path = tmp_path / "run.zarr"
     w = _writer(path)
     assert w.io_path == "buffered"
@@ -264,7 +264,7 @@ def test_writes_per_snapshot_and_at_close_do_not_grow_with_the_run(tmp_path, mon
         assert short_per[a]["pwrite"] >= 2  # the snapshot reached the shard files
     assert _steady(short_close) == _steady(long_close)  # close: O(1)
     # array metadata: rewritten only when the arrays grow (doubling): O(log T) per array
-    arrays = 5  # w, b, step, wall_time, the loss metric
+    arrays = 6  # w, b, step, wall_time, checksums, the loss metric
     assert long_meta <= arrays * (int(np.log2(1022 / 4)) + 2)
 
 

@@ -30,6 +30,7 @@ from ..errors import (
     EmptyStoreError,
     NotAStoreError,
     StoreError,
+    StoreNotReadyError,
 )
 from ..graph.state import check_architecture
 from ..progress import Progress
@@ -410,7 +411,10 @@ def _wait_for_store(store: str | Path, timeout_s: float | None, poll_s: float, q
 
     start = time.monotonic()
     if store_exists(store):
-        return _open(store)
+        try:
+            return _open(store)
+        except StoreNotReadyError:  # being created: wait below
+            pass
     _say(quiet, f"hyperlapse watch: waiting for '{store}' to appear"
                 + (f" (up to {timeout_s:g} s)" if timeout_s is not None else " (Ctrl-C to stop)"))
     last: StoreError | None = None

@@ -10,7 +10,6 @@ leaves either the untouched original or the complete copy at ``STORE``; the next
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ import numpy as np
 from ..errors import StoreError
 from . import format as fmt
 from .info import disk_usage
+from .inplace import fsync_path
+from .location import LocationLike, StoreLocation
 from .reader import open_trajectory
 from .writer import StoreWriter
 
@@ -29,9 +30,9 @@ _COPY = ".compacting"
 _OLD = ".pre-compact"
 
 
-def finish_interrupted_compaction(location: str | os.PathLike) -> str | None:
+def finish_interrupted_compaction(location: LocationLike) -> str | None:
     """Tidy what an interrupted compaction left; returns what was done (None: nothing)."""
-    path = fmt.local_path(location)
+    path = StoreLocation.of(location).local()
     copy, old = Path(f"{path}{_COPY}"), Path(f"{path}{_OLD}")
     if old.exists() and not path.exists():  # crashed between the two renames: restore
         old.rename(path)
@@ -47,11 +48,13 @@ def finish_interrupted_compaction(location: str | os.PathLike) -> str | None:
     return done
 
 
-def compact_store(location: str | os.PathLike, *, compression: str = "zstd") -> dict[str, Any]:
+def compact_store(location: LocationLike, *, compression: str = "zstd") -> dict[str, Any]:
     """Rewrite the closed store at ``location`` with ``compression`` (lossless, bit-exact).
 
     Returns:
-        ``{"snapshots", "bytes_before", "bytes_after", "ratio", "compression", "tidied"}``.
+        ``{"snapshots", "bytes_before", "bytes_after", "ratio", "compression", "tidied"}``:
+        the bytes the store's files take on disk before and after. The copy keeps the
+        original's ``created`` and is written in the current format version.
 
     Raises:
         StoreError: a URL (local stores only), a store that is not closed (still being written,
@@ -59,13 +62,14 @@ def compact_store(location: str | os.PathLike, *, compression: str = "zstd") -> 
             equal the original (the original is kept).
         StoreLockedError: a writer holds the store.
     """
-    if fmt.is_url(location):
+    where = StoreLocation.of(location)
+    if where.is_url:
         raise StoreError(
-            f"Expected a local store to compact, got the URL '{location}'. Compact a local copy "
+            f"Expected a local store to compact, got the URL '{where}'. Compact a local copy "
             f"and upload it."
         )
     compression = fmt.check_compression(compression)
-    path = fmt.local_path(location)
+    path = where.local()
     tidied = finish_interrupted_compaction(path)
     traj = open_trajectory(path)
     attrs = traj.attrs
@@ -75,7 +79,7 @@ def compact_store(location: str | os.PathLike, *, compression: str = "zstd") -> 
             f"crashed (attrs closed is false). Let the run finish, or resume and close it with "
             f"a TrajectoryRecorder, then compact."
         )
-    before = disk_usage(path)[0]
+    before = disk_usage(path)[1]
     copy = Path(f"{path}{_COPY}")
     writer = StoreWriter(
         copy,
@@ -96,18 +100,20 @@ def compact_store(location: str | os.PathLike, *, compression: str = "zstd") -> 
                           {m: float(v[t]) for m, v in metrics.items()})
         if traj.probes is not None:
             writer.write_probes(traj.probes.numpy())
-        writer.dropped = int(attrs.get("dropped", 0))
-        writer.report_dropped = int(attrs.get("report_dropped", 0))
-        writer.recording_cost = attrs.get("recording_cost")
-        writer.close()
+        writer.close(counters={"dropped": int(attrs.get("dropped", 0)),
+                               "report_dropped": int(attrs.get("report_dropped", 0)),
+                               "recording_cost": attrs.get("recording_cost")})
     finally:
         writer.release()
+    # the run was recorded when it was, not when it was compacted
+    fmt.open_group(copy, read_only=False).attrs.update({"created": attrs.get("created")})
+    fsync_path(copy / "zarr.json")
     _check_equal(traj, open_trajectory(copy), path)
     old = Path(f"{path}{_OLD}")
     path.rename(old)
     copy.rename(path)
     shutil.rmtree(old)
-    after = disk_usage(path)[0]
+    after = disk_usage(path)[1]
     return {"snapshots": len(traj), "bytes_before": before, "bytes_after": after,
             "ratio": after / max(before, 1), "compression": compression, "tidied": tidied}
 

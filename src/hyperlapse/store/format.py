@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
@@ -36,14 +36,19 @@ from ..errors import (
     MissingDependencyError,
     NotAStoreError,
     StoreError,
+    StoreNotReadyError,
 )
+from .location import LocationLike, StoreLocation
 
 FORMAT = "hyperlapse.trajectory"
 #: Version written by this code. Version 2 added checksums of every inner chunk, per-layer
-#: dimension names, geometric growth of live arrays and the writer lock.
-VERSION = 2
+#: dimension names, geometric growth of live arrays and the writer lock; version 3 the
+#: ``checksums`` array, which binds every inner chunk to its parameter and snapshot.
+VERSION = 3
 #: Versions this code reads.
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
+#: First version whose chunk checksums are bound to where they belong (``checksums`` array).
+BOUND_CHECKSUMS = 3
 
 PARAMS = "params"
 STEP = "step"
@@ -53,6 +58,12 @@ METRICS = "metrics"
 #: attrs ``probes`` = ``{"num", "features"}`` says they are there.
 PROBES = "probes"
 SNAPSHOT_DIM = "snapshot"
+#: ``(T, P)`` uint32 (version 3): the CRC32C that inner chunk ``t`` of parameter ``p`` (in the
+#: attrs' ``parameters`` order) carries, i.e. its last 4 bytes read little-endian. A chunk read
+#: from another parameter or snapshot (swapped or copied shard files) does not match; 0 for
+#: zero-size tensors (no chunk).
+CHECKSUMS = "checksums"
+PARAMETER_DIM = "parameter"
 
 #: Target bytes of one shard of one parameter when ``snapshots_per_chunk`` is not given.
 SHARD_TARGET_BYTES = 64 * 2**20
@@ -104,7 +115,7 @@ def check_compression(compression: Any) -> str:
     return str(compression)
 
 
-def resolve_compression(compression: str, location: str | os.PathLike) -> str:
+def resolve_compression(compression: str, location: LocationLike) -> str:
     """The recorder's choice for ``compression="auto"``: "none" on local stores (fixed-size
     chunks, written in place by the fast path; ``hyperlapse compact`` compresses a closed store
     afterwards), the measured compressor per dtype on object stores (no fast path there;
@@ -172,27 +183,27 @@ def snapshots_per_chunk_for(snapshot_bytes: int) -> int:
     return int(min(max(k, MIN_SNAPSHOTS_PER_CHUNK), MAX_SNAPSHOTS_PER_CHUNK))
 
 
-def is_url(location: str | os.PathLike) -> bool:
-    return isinstance(location, str) and "://" in location and not location.startswith("file://")
+def is_url(location: LocationLike) -> bool:
+    return StoreLocation.of(location).is_url
 
 
-def local_path(location: str | os.PathLike) -> Path:
-    text = os.fspath(location)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    return Path(text).expanduser()
+def local_path(location: LocationLike) -> Path:
+    return StoreLocation.of(location).local()
 
 
-def make_store(location: str | os.PathLike, *, read_only: bool) -> Any:
+def make_store(location: LocationLike, *, read_only: bool) -> Any:
     """A Zarr store for a local path or any URL fsspec understands.
 
     Raises:
         MissingDependencyError: the URL's protocol needs a package that is not installed.
         StoreError: the protocol is unknown.
     """
-    if not is_url(location):
-        return zarr.storage.LocalStore(local_path(location), read_only=read_only)
-    url = str(location)
+    loc = StoreLocation.of(location)
+    if loc.url is None:
+        return zarr.storage.LocalStore(loc.local(), read_only=read_only)
+    url = loc.url
+    if loc.protocol in ("s3", "s3a"):
+        check_s3_credentials(url)
     try:
         return zarr.storage.FsspecStore.from_url(url, read_only=read_only)
     except ImportError as exc:
@@ -206,6 +217,50 @@ def make_store(location: str | os.PathLike, *, read_only: bool) -> Any:
             f"Expected a local path or a URL with a protocol fsspec knows, but got '{url}' "
             f"({exc}). Use a local path, memory://, s3://, gs://, ... and try again."
         ) from exc
+
+
+_S3_CREDENTIALS_FOUND = False
+
+
+def check_s3_credentials(url: str) -> None:
+    """Fail fast, with what to do, where no AWS credentials can be found for an ``s3://`` URL
+    (s3fs would otherwise retry for ~24 s and raise botocore's ``NoCredentialsError``).
+
+    Resolves credentials the way s3fs will (botocore's chain: environment, shared files,
+    profile, container and instance roles) once per process; anonymous access configured for
+    fsspec (``FSSPEC_S3_ANON=true``) needs none.
+
+    Raises:
+        StoreError: no credentials and no anonymous access.
+    """
+    global _S3_CREDENTIALS_FOUND
+    if _S3_CREDENTIALS_FOUND:
+        return
+    try:
+        import fsspec.config
+        from botocore.session import get_session
+    except ImportError:  # make_store reports the missing backend
+        return
+    conf = fsspec.config.conf.get("s3", {})
+    anon = str(conf.get("anon", "")).lower() in ("1", "true", "yes")
+    if anon or any(k in conf for k in ("key", "secret", "token", "profile", "session")):
+        return  # anonymous, or credentials given to fsspec itself
+    try:
+        found = get_session().get_credentials() is not None
+    except Exception as exc:  # noqa: BLE001 - a broken profile or config file
+        raise StoreError(
+            f"Opening '{url}' needs AWS credentials, but reading the AWS configuration failed "
+            f"({type(exc).__name__}: {exc}). Fix ~/.aws/config (or AWS_PROFILE) and try again."
+        ) from exc
+    if not found:
+        raise StoreError(
+            f"Opening '{url}' needs AWS credentials, but none were found (checked the "
+            f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables, ~/.aws/credentials, "
+            f"AWS_PROFILE and instance roles). Configure them (`aws configure`, or export those "
+            f"variables; AWS_ENDPOINT_URL for an S3-compatible server) or, for a public bucket, "
+            f"set FSSPEC_S3_ANON=true, and try again."
+        )
+    _S3_CREDENTIALS_FOUND = True
 
 
 def _fsspec_package(url: str) -> str:
@@ -223,13 +278,14 @@ def _fsspec_package(url: str) -> str:
     return "fsspec"
 
 
-def store_exists(location: str | os.PathLike) -> bool:
+def store_exists(location: LocationLike) -> bool:
     """Whether anything exists at ``location`` (a local path, even a broken link, or a URL with
     a ``zarr.json``)."""
-    if not is_url(location):
-        return os.path.lexists(local_path(location))
+    loc = StoreLocation.of(location)
+    if not loc.is_url:
+        return os.path.lexists(loc.local())
     try:
-        return sync(make_store(location, read_only=True).exists("zarr.json"))
+        return sync(make_store(loc, read_only=True).exists("zarr.json"))
     except (FileNotFoundError, OSError):
         return False
 
@@ -240,12 +296,13 @@ _DAMAGED = (
 )
 
 
-def check_location(location: str | os.PathLike) -> None:
+def check_location(location: LocationLike) -> None:
     """Raise NotAStoreError unless a local ``location`` is a folder with a ``zarr.json``."""
-    if is_url(location):
+    loc = StoreLocation.of(location)
+    if loc.is_url:
         return
-    where = os.fspath(location)
-    path = local_path(location)
+    where = loc.shown
+    path = loc.local()
     if not os.path.lexists(path):
         raise NotAStoreError(
             f"Expected a hyperlapse trajectory store at '{where}', but nothing exists there. "
@@ -265,10 +322,32 @@ def check_location(location: str | os.PathLike) -> None:
             f"Pass the *.zarr folder the recorder wrote."
         )
     if not (path / "zarr.json").exists():
+        if _being_created(path):
+            if (path / "zarr.json").exists():  # written meanwhile
+                return
+            raise StoreNotReadyError(
+                f"The store at '{where}' is not ready yet: it is being created by a writer (its "
+                f"description is not written yet; or it is an empty folder). Wait a moment and "
+                f"try again, or use `hyperlapse watch {where}`, which waits for it."
+            )
         raise NotAStoreError(
             f"Expected a hyperlapse trajectory store (a Zarr v3 group) at '{where}', but it "
             f"has no zarr.json. Pass the *.zarr folder the recorder wrote."
         )
+
+
+#: What a store folder holds before its group ``zarr.json`` is written (a writer creating it).
+_BEFORE_DESCRIPTION = {PARAMS, STEP, WALL_TIME, METRICS, CHECKSUMS, PROBES, "zarr.json"}
+
+
+def _being_created(path: Path) -> bool:
+    """Whether a local folder without ``zarr.json`` looks like a store a writer is creating:
+    empty, or only array folders and temp files (only its top level is listed)."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return all(n in _BEFORE_DESCRIPTION or n.endswith(".partial") for n in names)
 
 
 def read_attrs(store: Any, where: str) -> dict[str, Any]:
@@ -325,11 +404,12 @@ def read_attrs(store: Any, where: str) -> dict[str, Any]:
     return attrs
 
 
-def open_group(location: str | os.PathLike, *, read_only: bool) -> zarr.Group:
+def open_group(location: LocationLike, *, read_only: bool) -> zarr.Group:
     """Open an existing hyperlapse store; raise NotAStoreError for anything else."""
-    where = os.fspath(location)
-    check_location(location)
-    store = make_store(location, read_only=read_only)
+    loc = StoreLocation.of(location)
+    where = loc.shown
+    check_location(loc)
+    store = make_store(loc, read_only=read_only)
     read_attrs(store, where)
     try:
         return zarr.open_group(store, mode="r" if read_only else "r+")
@@ -449,3 +529,70 @@ def check_compatible(
             f"Expected the same architecture as the store at '{where}' (widths {old_w}), but "
             f"the model has widths {new_w}. The store was left untouched; record to a new path."
         )
+
+
+#: The dtype of every 1-D array (and the checksums array) a store holds.
+_SCALAR_DTYPES = {STEP: "int64", WALL_TIME: "float64", CHECKSUMS: "uint32"}
+
+
+def expected_array(path: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What the store's own description (its group attrs) says the array at ``path`` is:
+    ``data_type``, ``shape`` past the snapshot axis, ``chunks``/``shards`` (params), whether
+    its chunks end with a ``crc32c`` checksum, ``hyperlapse_dtype`` (params)."""
+    version = attrs["version"]
+    crc = version >= 2
+    if path.startswith(PARAMS + "/"):
+        p = {q["name"]: q for q in attrs["parameters"]}[path.split("/", 1)[1]]
+        shape = tuple(p["shape"])
+        inner = tuple(max(s, 1) for s in shape)
+        return {"data_type": STORED_DTYPES.get(p["dtype"], p["dtype"]), "shape": shape,
+                "chunks": (1, *inner), "shards": (attrs["snapshots_per_chunk"], *inner),
+                "crc32c": crc, "hyperlapse_dtype": p["dtype"]}
+    if path == CHECKSUMS:
+        return {"data_type": "uint32", "shape": (len(attrs["parameters"]),), "crc32c": True}
+    return {"data_type": _SCALAR_DTYPES.get(path, "float64"), "shape": (), "crc32c": crc}
+
+
+def check_array_metadata(arr: zarr.Array, path: str, attrs: Mapping[str, Any], where: str) -> None:
+    """Check an array's ``zarr.json`` against the store's description (:func:`expected_array`).
+
+    Raises:
+        CorruptStoreError: naming the array, the field, what was expected and what was found.
+    """
+    want = expected_array(path, attrs)
+    meta = arr.metadata
+    found: dict[str, Any] = {"data_type": str(arr.dtype), "shape": tuple(arr.shape[1:])}
+    codecs = list(meta.codecs)
+    if "shards" in want:
+        sharding = codecs[0] if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else None
+        found["shards"] = tuple(arr.shards) if sharding is not None else None
+        found["chunks"] = tuple(arr.chunks)
+        codecs = list(sharding.codecs) if sharding is not None else codecs
+        found["hyperlapse_dtype"] = arr.attrs.get("hyperlapse_dtype")
+    found["crc32c"] = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    if not want["crc32c"]:
+        found["crc32c"] = False  # version 1: optional
+    bytes_codec = codecs[0] if codecs else None
+    endian = getattr(getattr(bytes_codec, "endian", None), "value", "little")
+    found_bytes = type(bytes_codec).__name__ == "BytesCodec" and endian == "little"
+    for field, value in want.items():
+        if found.get(field) != value:
+            raise _bad_array(where, path, field, value, found.get(field))
+    if not found_bytes:
+        raise _bad_array(where, path, "codecs", "bytes (little endian) first", codecs)
+    dims = meta.dimension_names
+    if attrs["version"] >= 2 and (not dims or dims[0] != SNAPSHOT_DIM):
+        raise _bad_array(where, path, "dimension_names", f"'{SNAPSHOT_DIM}' first", dims)
+
+
+def _bad_array(where: str, path: str, field: str, expected: Any, found: Any) -> CorruptStoreError:
+    def show(v: Any) -> str:
+        v = list(v) if isinstance(v, tuple) else v
+        text = repr(v)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    return CorruptStoreError(
+        f"The store at '{where}' is damaged: the array '{path}' has {field} {show(found)} in its "
+        f"zarr.json, but the store's description (its attributes) says {show(expected)}. "
+        f"Reading it would return wrong values; {_DAMAGED}"
+    )

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptStoreError, EmptyStoreError
+from ..errors import CorruptStoreError
 from . import format as fmt
 from .lock import owner_text, writer_alive
 from .reader import open_trajectory
@@ -46,34 +46,27 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
         NotAStoreError: ``location`` is not a hyperlapse store.
         CorruptStoreError: the store's metadata or its ``step`` array is damaged (without
             ``verify``, damaged snapshot data is not looked for).
-        EmptyStoreError: the store holds no committed snapshot.
+        StoreNotReadyError: a writer is creating the store (no description yet).
     """
     traj = open_trajectory(location)
     attrs = traj.attrs
     n = len(traj)
     damaged = traj.verify() if verify else None
+    steps: list[int | None] = [None, None]
     if damaged:
-        steps = [None, None]
         try:
             steps = [int(traj.steps[0]), int(traj.steps[-1])]
         except CorruptStoreError:
             pass
-    if n == 0:
-        raise EmptyStoreError(
-            f"The store at '{traj.location}' holds no committed snapshot (closed cleanly: "
-            f"{bool(attrs.get('closed'))}). Was the recorder killed before its first flush?"
-        )
-    local = not fmt.is_url(location)
+    local = not traj.where.is_url
     params = []
     for p in attrs["parameters"]:
-        view = traj.weights(p["name"])
         numel = math.prod(p["shape"])
-        itemsize = np.dtype(view.dtype).itemsize
-        stored = (
-            disk_usage(location, f"{fmt.PARAMS}/{p['name']}")[1]
-            if local
-            else int(view.zarr.nbytes_stored())
-        )
+        itemsize = np.dtype(fmt.STORED_DTYPES.get(p["dtype"], p["dtype"])).itemsize
+        if local:
+            stored = disk_usage(traj.where, f"{fmt.PARAMS}/{p['name']}")[1]
+        else:  # no snapshot committed: the arrays may not exist yet
+            stored = int(traj.weights(p["name"]).zarr.nbytes_stored()) if n else 0
         params.append(
             {
                 "name": p["name"],
@@ -87,7 +80,7 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
     raw = sum(p["raw_bytes"] for p in params)
     stored = sum(p["stored_bytes"] for p in params)
     float32_raw = sum(p["numel"] * 4 * n for p in params)
-    files, total = disk_usage(location) if local else (None, None)
+    files, total = disk_usage(traj.where) if local else (None, None)
     arch = attrs.get("architecture")
     return {
         "path": traj.location,
@@ -95,7 +88,7 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
         "version": attrs["version"],
         "created": attrs.get("created"),
         "snapshots": n,
-        "steps": steps if damaged else [int(traj.steps[0]), int(traj.steps[-1])],
+        "steps": steps if damaged or not n else [int(traj.steps[0]), int(traj.steps[-1])],
         "parameters": params,
         "numel": sum(p["numel"] for p in params),
         "raw_bytes": raw,
@@ -119,6 +112,7 @@ def store_info(location: str | os.PathLike, *, verify: bool = False) -> dict[str
         "writes": attrs.get("writes"),
         "writer": attrs.get("writer"),
         "writer_alive": writer_alive(attrs.get("writer")),
+        "checksums_bound": traj.bound_checksums,
         "verified": verify,
         "damaged": damaged,
     }
@@ -151,7 +145,8 @@ def format_info(info: dict[str, Any]) -> str:
     lines = [
         f"store        {info['path']}",
         f"format       {info['format']} v{info['version']} (created {info['created']})",
-        f"snapshots    {info['snapshots']}  steps {info['steps'][0]}..{info['steps'][1]}",
+        f"snapshots    {info['snapshots']}  steps {info['steps'][0]}..{info['steps'][1]}"
+        if info["snapshots"] else f"snapshots    0: no snapshot committed yet ({_empty_why(info)})",
         f"architecture {arch}",
         f"parameters   {len(info['parameters'])} tensors, {info['numel']:,} values",
     ]
@@ -164,8 +159,9 @@ def format_info(info: dict[str, Any]) -> str:
         )
     lines += [
         f"size         {human_size(info['stored_bytes'])} stored / "
-        f"{human_size(info['raw_bytes'])} raw "
-        f"({info['compression_ratio']:.2f}; {info['ratio_to_float32']:.2f} of float32)",
+        f"{human_size(info['raw_bytes'])} raw"
+        + (f" ({info['compression_ratio']:.2f}; {info['ratio_to_float32']:.2f} of float32)"
+           if info["compression_ratio"] is not None else ""),
         f"files        {info['files'] if info['files'] is not None else 'n/a'}",
         f"metrics      {', '.join(info['metrics']) or 'none'}",
         f"closed       {'yes' if info['closed'] else _NOT_CLOSED}",
@@ -189,8 +185,11 @@ def format_info(info: dict[str, Any]) -> str:
                      f"(zarr path: rewrites of partial shards at time flushes; in place: "
                      f"shard indexes and shared O_DIRECT pages; for tiny models mostly the "
                      f"fixed-size step/metric chunks)")
+    lines.append("checksums    " + _checksum_text(info))
     if not info.get("verified"):
         lines.append("integrity    not verified (hyperlapse info --verify reads every snapshot)")
+    elif not info["damaged"] and not info["snapshots"]:
+        lines.append("integrity    verified: no snapshot committed yet, nothing damaged")
     elif not info["damaged"]:
         lines.append(f"integrity    verified: all {info['snapshots']} snapshots intact")
     else:
@@ -199,6 +198,28 @@ def format_info(info: dict[str, Any]) -> str:
             where = "" if d["snapshot"] is None else f" snapshot {d['snapshot']}"
             lines.append(f"  {d['what']}{where}: {d['error']}")
     return "\n".join(lines)
+
+
+def _empty_why(info: dict[str, Any]) -> str:
+    if info["closed"]:
+        return "closed without any"
+    alive = info.get("writer_alive")
+    if alive:
+        return "its writer is running: wait for its first commit, or `hyperlapse watch` it"
+    if alive is None and info.get("writer"):
+        return "its writer runs on another host, or was killed there before its first commit"
+    return "its writer was killed before its first commit; record again, or resume it"
+
+
+def _checksum_text(info: dict[str, Any]) -> str:
+    if info.get("checksums_bound"):
+        return "CRC32C of every chunk, bound to its parameter and snapshot"
+    what = (
+        "no chunk checksums" if info["version"] < 2 else "each chunk's bytes are checked, but"
+        " the checksums are not bound to their place (swapped shard files would read as data)"
+    )
+    return (f"format version {info['version']}: {what}; `hyperlapse compact` rewrites the "
+            f"store as version {fmt.VERSION}")
 
 
 _IO_TEXT = {

@@ -110,6 +110,8 @@ class ShardFile:
     ) -> None:
         self.path, self.k, self.cs, self.fd, self.n = path, k, cs, fd, n
         self.dirty = False
+        #: CRC32C of the last chunk written (what its slot's last 4 bytes hold)
+        self.last_crc = 0
         self.direct_fd: int | None = None
         self._stage = stage
         self._tail = np.zeros(PAGE, dtype=np.uint8)  # bytes of the current partial page
@@ -197,7 +199,8 @@ class ShardFile:
         cs, off = self.cs, self.n * self.cs
         if self.n >= self.k or len(data) != cs - 4:
             raise ValueError(f"chunk {self.n} of {len(data)} bytes does not fit the shard")
-        crc = np.array([google_crc32c.value(data)], dtype="<u4").view(np.uint8)
+        self.last_crc = google_crc32c.value(data)
+        crc = np.array([self.last_crc], dtype="<u4").view(np.uint8)
         self.n += 1
         self.dirty = True
         stage = self._stage

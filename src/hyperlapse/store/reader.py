@@ -6,6 +6,7 @@ so it can follow a run that another process is still writing (:meth:`Trajectory.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import glob as _glob
 import math
@@ -17,12 +18,13 @@ import numpy as np
 import torch
 import zarr
 from torch import nn
-from zarr.abc.store import SuffixByteRequest
+from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from ..errors import ConfigError, CorruptStoreError, EmptyStoreError
+from ..errors import ConfigError, CorruptStoreError, EmptyStoreError, StoreNotReadyError
 from . import format as fmt
+from .location import LocationLike, StoreLocation
 from .shards import MISSING, parse_index
 
 __all__ = ["Trajectory", "WeightsView", "open_trajectory", "open_trajectories"]
@@ -85,16 +87,18 @@ class WeightsView:
 
 
 class _Growing:
-    """A 1-D cache that grows geometrically, so extending it by m values costs O(m)."""
+    """A cache of rows that grows geometrically, so extending it by m rows costs O(m)."""
 
-    def __init__(self, dtype: Any) -> None:
-        self.data = np.empty(0, dtype=dtype)
+    def __init__(self, dtype: Any, row: tuple[int, ...] = ()) -> None:
+        self.data = np.empty((0, *row), dtype=dtype)
         self.n = 0
 
     def extend(self, values: np.ndarray) -> None:
         end = self.n + len(values)
         if end > len(self.data):
-            bigger = np.empty(max(end, 2 * len(self.data), 16), dtype=self.data.dtype)
+            bigger = np.empty(
+                (max(end, 2 * len(self.data), 16), *self.data.shape[1:]), dtype=self.data.dtype
+            )
             bigger[: self.n] = self.data[: self.n]
             self.data = bigger
         self.data[self.n : end] = values
@@ -118,14 +122,17 @@ class Trajectory:
         attrs: all group attributes.
     """
 
-    def __init__(self, location: str | os.PathLike) -> None:
-        self.location = os.fspath(location)
-        fmt.check_location(location)
-        self._store = fmt.make_store(location, read_only=True)
+    def __init__(self, location: LocationLike) -> None:
+        self.where = StoreLocation.of(location)
+        self.location = self.where.shown
+        fmt.check_location(self.where)
+        self._store = self.where.make_store(read_only=True)
         self._length = 0
         self._handles: dict[str, zarr.Array] = {}
         self._cache: dict[str, _Growing] = {}
         self._indexes: dict[tuple[str, int], int] = {}  # (param, shard) -> snapshots checked
+        # (param, snapshot) -> why its chunk is not the one recorded there (version 3)
+        self._misplaced: dict[tuple[str, int], str] = {}
         self.refresh()
 
     def refresh(self) -> int:
@@ -143,24 +150,40 @@ class Trajectory:
         n = fmt.committed(attrs)
         self.attrs = attrs
         self.param_names = [p["name"] for p in attrs["parameters"]]
+        self._column = {name: j for j, name in enumerate(self.param_names)}
         self._params = {p["name"]: p for p in attrs["parameters"]}
         self.architecture = attrs.get("architecture")
         self._k = int(attrs["snapshots_per_chunk"])
         self._version = int(attrs["version"])
-        if n < old:  # cut back by a resumed writer: forget what was read past n
+        identity = (attrs.get("store_id"), attrs.get("created"), str(attrs["parameters"]), self._k)
+        replaced = getattr(self, "_identity", identity) != identity  # mode="replace" swapped
+        self._identity = identity  # another store in (its handles describe the old arrays)
+        if replaced:
+            self._handles.clear()
+        if n < old or replaced:  # cut back by a resumed writer: forget what was read past n
             self._cache.clear()
-            self._indexes = {key: min(v, n) for key, v in self._indexes.items()}
+            self._indexes.clear()  # rewritten past n: check again
+            self._misplaced.clear()
         self._length = n
-        for path in self._paths():
-            self._open(path, n)
+        if n:  # nothing to read before the first commit (the arrays may still be created)
+            for path in self._paths():
+                self._open(path, n)
         return n - old
 
     def _paths(self) -> list[str]:
         return (
             [f"{fmt.PARAMS}/{name}" for name in self.param_names]
             + [fmt.STEP, fmt.WALL_TIME]
+            + ([fmt.CHECKSUMS] if self.bound_checksums else [])
             + [f"{fmt.METRICS}/{m}" for m in self.attrs.get("metrics", [])]
         )
+
+    @property
+    def bound_checksums(self) -> bool:
+        """Whether every chunk's checksum is bound to its parameter and snapshot (format
+        version 3: swapped or copied shard files are detected); older stores check each
+        chunk's bytes only."""
+        return self._version >= fmt.BOUND_CHECKSUMS
 
     def _open(self, path: str, n: int) -> zarr.Array:
         """The array at ``path``, reopened only when its known shape is shorter than ``n``."""
@@ -170,6 +193,12 @@ class Trajectory:
         try:
             arr = zarr.open_array(self._store, path=path, mode="r")
         except FileNotFoundError as exc:
+            if n == 0:  # no snapshot committed: its writer is still creating the arrays
+                raise StoreNotReadyError(
+                    f"The store at '{self.location}' is not ready yet: no snapshot is committed "
+                    f"and its array '{path}' is still being created by a writer. Wait for the "
+                    f"first commit (refresh()), or use `hyperlapse watch {self.location}`."
+                ) from exc
             raise self._corrupt(
                 f"the array '{path}' that its attrs name is missing ({exc})"
             ) from exc
@@ -182,13 +211,7 @@ class Trajectory:
                 f"{n} snapshots are committed but the array '{path}' holds "
                 f"{arr.shape[0] if arr.ndim else 0}"
             )
-        if path.startswith(fmt.PARAMS + "/"):
-            want = tuple(self._params[path.split("/", 1)[1]]["shape"])
-            if tuple(arr.shape[1:]) != want:
-                raise self._corrupt(
-                    f"the array '{path}' has snapshots of shape {tuple(arr.shape[1:])}, but the "
-                    f"attrs say {want}"
-                )
+        fmt.check_array_metadata(arr, path, self.attrs, self.location)
         self._handles[path] = arr
         return arr
 
@@ -227,11 +250,11 @@ class Trajectory:
         return self._open(f"{fmt.PARAMS}/{name}", self._length)
 
     # -- the 1-D arrays, read on first use and extended incrementally ------------------------
-    def _scalar(self, path: str, dtype: Any) -> np.ndarray:
+    def _scalar(self, path: str, dtype: Any, row: tuple[int, ...] = ()) -> np.ndarray:
         n = self._length
         cache = self._cache.get(path)
         if cache is None:
-            cache = self._cache[path] = _Growing(dtype)
+            cache = self._cache[path] = _Growing(dtype, row)
         if cache.n < n:
             arr = self._open(path, n)
             self._check_scalar_chunks(path, arr, cache.n, n)
@@ -251,7 +274,7 @@ class Trajectory:
             return
         c = arr.chunks[0]
         for i in range(start // c, (end - 1) // c + 1):
-            key = f"{path}/{arr.metadata.encode_chunk_key((i,))}"
+            key = f"{path}/{arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))}"
             if not sync(self._store.exists(key)):
                 raise self._corrupt(
                     f"the chunk holding snapshots {i * c}..{min((i + 1) * c, end) - 1} of "
@@ -313,7 +336,61 @@ class Trajectory:
                 raise self._snapshot_error(
                     name, shard * k + int(missing[0]), "its inner chunk is missing from the shard"
                 )
+            if self.bound_checksums:
+                have = self._indexes.get((name, shard), 0)
+                self._check_bound(name, shard, f"{fmt.PARAMS}/{name}/{key}", index, have, need)
             self._indexes[(name, shard)] = need
+        for t in np.asarray(times).reshape(-1):
+            why = self._misplaced.get((name, int(t)))
+            if why is not None:
+                raise self._snapshot_error(name, int(t), why)
+
+    def _check_bound(
+        self, name: str, shard: int, key: str, index: np.ndarray, have: int, need: int
+    ) -> None:
+        """Format version 3: inner chunks ``have..need-1`` of the shard carry the checksums the
+        ``checksums`` array recorded for this parameter and these snapshots (their bytes are
+        checked against those checksums when they are decoded)."""
+        k = self._k
+        expected = self._checksums()[shard * k + have : shard * k + need, self._column[name]]
+
+        async def tails() -> list[Any]:
+            return await asyncio.gather(*(
+                self._store.get(key, prototype=default_buffer_prototype(),
+                                byte_range=RangeByteRequest(int(off + size - 4), int(off + size)))
+                for off, size in index[have:need]
+            ))
+
+        try:
+            got = self._local_tails(key, index[have:need]) if not self.where.is_url else [
+                None if t is None else t.to_bytes() for t in sync(tails())
+            ]
+        except OSError as exc:
+            raise self._snapshot_error(
+                name, shard * k + have, f"its shard cannot be read ({exc})"
+            ) from exc
+        for i, (tail, want) in enumerate(zip(got, expected, strict=True)):
+            found = None if tail is None or len(tail) != 4 else int.from_bytes(tail, "little")
+            if found != int(want):
+                self._misplaced[(name, shard * k + have + i)] = (
+                    f"the chunk stored there carries checksum {_hex(found)}, but the checksum "
+                    f"recorded for this parameter and snapshot is {_hex(int(want))}: the bytes "
+                    f"belong to another snapshot or parameter (shard files swapped or copied)"
+                )
+
+    def _local_tails(self, key: str, spans: np.ndarray) -> list[bytes | None]:
+        """The last 4 bytes of each ``(offset, nbytes)`` chunk of a local shard file: one open
+        and a ``pread`` each (through the store API each would cost a file open and a thread
+        hop, which doubled the time to read a run)."""
+        fd = os.open(self.where.local() / key, os.O_RDONLY)
+        try:
+            return [os.pread(fd, 4, int(off + size - 4)) for off, size in spans]
+        finally:
+            os.close(fd)
+
+    def _checksums(self) -> np.ndarray:
+        """``(T, P)`` recorded chunk checksums (format version 3)."""
+        return self._scalar(fmt.CHECKSUMS, np.uint32, (len(self.param_names),))
 
     def _snapshot_error(self, name: str, t: int, what: str) -> CorruptStoreError:
         step = ""
@@ -384,11 +461,15 @@ class Trajectory:
             (``snapshot`` is ``None`` for a whole array); empty when the store is intact.
         """
         problems: list[dict[str, Any]] = []
-        for path, dtype in [(fmt.STEP, np.int64), (fmt.WALL_TIME, np.float64)] + [
-            (f"{fmt.METRICS}/{m}", np.float64) for m in self.attrs.get("metrics", [])
-        ]:
+        scalars: list[tuple[str, Any, tuple[int, ...]]] = [
+            (fmt.STEP, np.int64, ()), (fmt.WALL_TIME, np.float64, ())
+        ]
+        if self.bound_checksums:
+            scalars.append((fmt.CHECKSUMS, np.uint32, (len(self.param_names),)))
+        scalars += [(f"{fmt.METRICS}/{m}", np.float64, ()) for m in self.attrs.get("metrics", [])]
+        for path, dtype, row in scalars:
             try:
-                self._scalar(path, dtype)
+                self._scalar(path, dtype, row)
             except CorruptStoreError as exc:
                 problems.append({"what": path, "snapshot": None, "error": str(exc)})
         n, k = len(self), self._k
@@ -451,6 +532,10 @@ class Trajectory:
         return f"Trajectory('{self.location}', {len(self)} snapshots, {steps})"
 
 
+def _hex(value: int | None) -> str:
+    return "none (chunk unreadable)" if value is None else f"{value:08x}"
+
+
 def _to_tensor(array: np.ndarray, dtype: str) -> torch.Tensor:
     array = np.require(array, requirements=["C", "W"])  # keeps 0-d tensors 0-d
     if dtype == "bfloat16":
@@ -458,7 +543,7 @@ def _to_tensor(array: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def open_trajectory(location: str | os.PathLike) -> Trajectory:
+def open_trajectory(location: LocationLike) -> Trajectory:
     """Open a trajectory store (local path or URL) for reading.
 
     Raises:

@@ -1,30 +1,18 @@
-"""The single writer of a trajectory store: the commit protocol and its two IO paths.
+"""The single writer of a trajectory store: the commit protocol.
 
 :class:`StoreWriter` is synchronous and single-threaded; the recorder drives it from its
 background thread. It holds the store's write lock (:mod:`hyperlapse.store.lock`) from opening
-to :meth:`StoreWriter.close`. How a snapshot reaches the files (:attr:`StoreWriter.io_path`,
-stored in the attrs as ``writer_io``):
-
-* **fill-in-place** ("odirect" / "buffered"): local stores whose parameter chunks are
-  uncompressed (fixed size). Each shard file is created with its final size and index when its
-  first snapshot arrives, and every snapshot is written into its slot at once, from the
-  caller's array (:mod:`hyperlapse.store.inplace`): one buffered ``pwritev`` (the default), or
-  with ``HYPERLAPSE_WRITER_IO=odirect`` ``O_DIRECT`` from a page-aligned staging buffer where
-  the filesystem accepts it (see :meth:`StoreWriter._choose_io` for why). Per snapshot this is
-  one CRC32C and one write per parameter, whatever the run's length.
-* **zarr**: object stores and compressed stores. Each snapshot of each parameter is compressed
-  when it arrives (one inner chunk with its CRC32C, :mod:`hyperlapse.store.shards`) and kept
-  until its shard is complete; a flush writes the current shard object, assembled from the
-  kept bytes, through Zarr's store API (atomically replaced: temp file + rename, or one PUT).
-  A time flush writes a partial shard; the next flush writes it again with more inner chunks,
-  the committed ones byte for byte the same.
+to :meth:`StoreWriter.close`. The parameter shards are written by a shard sink chosen once at
+opening (:mod:`hyperlapse.store.sinks`: filled in place on local uncompressed stores, assembled
+and written through Zarr elsewhere; :attr:`StoreWriter.io_path`, stored as ``writer_io``).
 
 A flush
 
 1. grows the arrays if the new length exceeds their capacity (geometrically: the capacity at
    least doubles, so array metadata is written O(log T) times in a run of T snapshots);
-2. writes the current shard objects (zarr path only) and the new entries of ``step``,
-   ``wall_time`` and ``metrics/*`` (one chunk each: constant cost);
+2. has the sink write what the commit needs (the current shard objects on the Zarr path;
+   nothing in place) and writes the new entries of ``step``, ``wall_time`` and ``metrics/*``
+   (one chunk each: constant cost);
 3. with ``fsync=True``, fsyncs every file written since the last commit (and new folders);
 4. writes the group attrs with the new ``committed`` (one atomic ``zarr.json`` replace), and
    fsyncs it.
@@ -35,6 +23,10 @@ trust ``committed`` only, never the arrays' shapes or slots past it. :meth:`Stor
 makes the last fill-in-place shard list only the chunks it holds and sets every array's length
 to ``committed`` (no chunk listing: the same cost at any T), so a closed store has exact shapes
 for xarray and plain Zarr.
+
+``mode`` says what to do with an existing store: "append" continues it, "create" refuses it,
+"replace" builds the new store beside it and swaps it in at the first commit
+(:mod:`hyperlapse.store.replace`).
 """
 
 from __future__ import annotations
@@ -46,6 +38,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,17 +46,31 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-from zarr.core.buffer import default_buffer_prototype
+from zarr.codecs import Crc32cCodec
 from zarr.core.sync import sync
 
-from ..errors import ConfigError, CorruptStoreError, HyperlapseError, StoreError
+from ..errors import (
+    ConfigError,
+    CorruptStoreError,
+    HyperlapseError,
+    NotAStoreError,
+    StoreError,
+    StoreExistsError,
+)
 from . import format as fmt
-from .inplace import DIRECT_MIN_BYTES, PAGE, ShardFile, aligned_buffer, direct_io_supported
+from .location import LocationLike, StoreLocation
 from .lock import WriterLock
-from .shards import ChunkEncoder, assemble_shard, chunk_crc_ok, split_shard
+from .replace import Replacement, finish_interrupted_replace
+from .sinks import open_sink
 
 MetricsLike = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+
+#: ``StoreWriter(mode=)``: "append" continues an existing store (creating one where there is
+#: none), "create" refuses an existing one, "replace" builds a new one beside it and swaps it in
+#: at its first commit.
+MODES = ("append", "create", "replace")
+#: Keys of the ``counters=`` mapping of append/flush/close, stored in the attrs at commit.
+COUNTERS = ("dropped", "report_dropped", "recording_cost", "writes")
 
 #: Below this ``flush_every_s``, :func:`short_flush_warning` warns about write amplification
 #: (measured in benchmarks/results/store_v2.md).
@@ -108,6 +115,11 @@ class StoreWriter:
             cost). "none" on a local store selects the fill-in-place path (the recorder's
             "auto" resolves to it there: ``format.resolve_compression``). A resumed store keeps
             the codecs it was created with.
+        mode: "append" (create the store, or continue an existing one after ``committed``),
+            "create" (raise ``StoreExistsError`` if a store, even an empty one, is there) or
+            "replace" (build the new store beside the old one, which stays whole and readable
+            until the new one's first commit is durable; then swap it in and delete the old
+            one; local stores: :mod:`hyperlapse.store.replace`).
 
     Attributes:
         recording_cost: set by the recorder; when not ``None`` every commit stores it in the
@@ -120,6 +132,7 @@ class StoreWriter:
         NotAStoreError: something that is not a hyperlapse store exists at ``location``.
         IncompatibleStoreError: the existing store holds other parameters or architecture.
         StoreLockedError: another writer holds the store.
+        StoreExistsError: ``mode="create"`` and a store exists at ``location``.
         CorruptStoreError: the existing store is damaged.
         ConfigError: a parameter's dtype cannot be stored.
         StoreError: the location cannot be written.
@@ -127,7 +140,7 @@ class StoreWriter:
 
     def __init__(
         self,
-        location: str | os.PathLike,
+        location: LocationLike,
         parameters: list[dict[str, Any]],
         *,
         architecture: dict[str, Any] | None = None,
@@ -136,8 +149,20 @@ class StoreWriter:
         flush_every_s: float | None = 2.0,
         fsync: bool = True,
         compression: str = "auto",
+        mode: str = "append",
     ) -> None:
-        self.location = os.fspath(location)
+        if mode not in MODES:
+            raise ConfigError(
+                f"Expected mode to be one of {list(MODES)}, but got {mode!r}. 'append' continues "
+                f"an existing store (or creates one), 'create' refuses an existing one, "
+                f"'replace' replaces it once the new run's first snapshot is committed."
+            )
+        self.mode = mode
+        #: where the store is (as given); ``_loc`` is where this writer does its IO: the same
+        #: place, or while replacing a descriptor path of the new store's folder
+        self._where = StoreLocation.of(location)
+        self._loc = self._where
+        self.location = self._where.shown
         self.compression = fmt.check_compression(compression)
         self.parameters = [
             {"name": p["name"], "shape": [int(s) for s in p["shape"]], "dtype": str(p["dtype"])}
@@ -145,7 +170,7 @@ class StoreWriter:
         ]
         _check_parameters(self.parameters)
         self.flush_every_s = flush_every_s
-        self.fsync = bool(fsync) and not fmt.is_url(location)
+        self.fsync = bool(fsync) and not self._where.is_url
         self.recording_cost: dict[str, Any] | None = None
         #: which thread writes snapshot bytes ("inline" / "background"), set by the recorder;
         #: stored in the attrs on commit when not ``None``
@@ -153,32 +178,45 @@ class StoreWriter:
         self.dropped = 0
         self.report_dropped = 0
         self.nonfinite = 0
-        self.bytes_written = 0
-        self.payload_bytes = 0
-        # counted by write_data, which may run on another thread (see write_data)
-        self._data_bytes = 0
-        self._data_payload = 0
+        self._scalar_bytes = 0  # bytes of step/wall_time/metrics chunks written
         self.flushes = 0
         self._dirty: set[str] = set()
         self._lock: WriterLock | None = None
-        #: how parameter snapshots reach the files ("odirect", "buffered" or "zarr"); set once
-        #: the arrays are open (:meth:`_choose_io`)
-        self.io_path: str | None = None
-        self._files: dict[str, ShardFile] = {}
+        self._replacing: Replacement | None = None
         creating = False
+        where = self._where
         try:
-            fresh = not fmt.store_exists(location) or _is_empty_dir(location)
-            existing = None if fresh else self._existing_attrs()
-            lock = WriterLock(location)
-            lock.acquire(existing)
-            self._lock = lock
-            if fmt.store_exists(location) and not _is_empty_dir(location):
-                existing = self._existing_attrs()  # re-read under the lock
-            if existing is not None:
-                self._resume(existing, architecture)
-            else:
+            if not where.is_url:
+                finish_interrupted_replace(where)
+            fresh = not fmt.store_exists(where) or _is_empty_dir(where)
+            if not fresh and mode == "create":
+                raise self._exists_error()
+            if not fresh and mode == "replace" and where.is_url:
+                raise StoreError(
+                    f"Expected a local store for mode='replace', but '{self.location}' is a URL: "
+                    f"object stores cannot swap a store atomically. Delete the old store (or "
+                    f"record to a new URL) and try again."
+                )
+            if not fresh and mode == "replace":
+                self._replacing = Replacement.begin(where, self._existing_attrs_or_damage())
+                self._lock = self._replacing.new_lock
+                self._loc = self._replacing.new
                 creating = True
                 self._create(architecture, dict(config or {}), snapshots_per_chunk)
+            else:
+                existing = None if fresh else self._existing_attrs()
+                lock = WriterLock(where)
+                lock.acquire(existing)
+                self._lock = lock
+                if fmt.store_exists(where) and not _is_empty_dir(where):
+                    if mode != "append":  # created by someone else meanwhile
+                        raise self._exists_error()
+                    existing = self._existing_attrs()  # re-read under the lock
+                if existing is not None:
+                    self._resume(existing, architecture)
+                else:
+                    creating = True
+                    self._create(architecture, dict(config or {}), snapshots_per_chunk)
             self._allocate_buffers()
         except BaseException as exc:
             if creating:  # still holding the lock: nobody else can be writing there
@@ -186,7 +224,7 @@ class StoreWriter:
             self.release()
             if isinstance(exc, HyperlapseError) or not isinstance(exc, OSError):
                 raise
-            if isinstance(exc, FileNotFoundError) and fmt.is_url(location):
+            if isinstance(exc, FileNotFoundError) and where.is_url:
                 raise
             raise StoreError(
                 f"Expected a writable location for the trajectory store, but writing to "
@@ -197,19 +235,59 @@ class StoreWriter:
 
     # -- opening ---------------------------------------------------------------------------
     def _existing_attrs(self) -> dict[str, Any] | None:
-        if not fmt.is_url(self.location):
-            fmt.check_location(self.location)
-        return fmt.read_attrs(fmt.make_store(self.location, read_only=True), self.location)
+        if not self._where.is_url:
+            fmt.check_location(self._where)
+        return fmt.read_attrs(fmt.make_store(self._where, read_only=True), self.location)
+
+    def _existing_attrs_or_damage(self) -> dict[str, Any] | None:
+        """The attrs of the store to be replaced; ``None`` if it is damaged (replacing it is
+        fine) but never anything that is not a hyperlapse store (that is refused)."""
+        try:
+            return self._existing_attrs()
+        except NotAStoreError:
+            raise
+        except StoreError:
+            return None
+
+    def _exists_error(self) -> StoreExistsError:
+        try:
+            attrs = self._existing_attrs()
+        except NotAStoreError:
+            raise
+        except StoreError as exc:
+            what = f"a store that cannot be read ({type(exc).__name__})"
+        else:
+            n = fmt.committed(attrs or {})
+            what = f"a store with {n} committed snapshot{'s' if n != 1 else ''}"
+        return StoreExistsError(
+            f"Expected no store at '{self.location}' (mode='{self.mode}'), but found {what}. "
+            f"Use mode='append' to continue it, mode='replace' to replace it (the old one stays "
+            f"until the new run's first snapshot is committed), or choose another path."
+        )
+
+    def _take_counters(self, counters: Mapping[str, Any] | None) -> None:
+        """Counters the recorder passes with append/flush/close, stored at the next commit."""
+        if not counters:
+            return
+        unknown = set(counters) - set(COUNTERS)
+        if unknown:
+            raise ConfigError(
+                f"Expected counters among {list(COUNTERS)}, but got {sorted(unknown)}."
+            )
+        for key, value in counters.items():
+            if key == "recording_cost":
+                value = None if value is None else dict(value)
+            setattr(self, key, value)
 
     def _remove_half_made(self) -> None:
         """A failed creation leaves nothing behind that would block a retry at the same path."""
-        if fmt.is_url(self.location):
+        if self._loc.is_url:
             try:
-                sync(fmt.make_store(self.location, read_only=False).delete_dir(""))
+                sync(self._loc.make_store(read_only=False).delete_dir(""))
             except Exception:  # noqa: BLE001 - best effort; the original error is raised
                 pass
             return
-        path = fmt.local_path(self.location)
+        path = self._loc.local()
         if path.is_dir():
             for child in path.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -230,6 +308,7 @@ class StoreWriter:
             "format": fmt.FORMAT,
             "version": fmt.VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "store_id": uuid.uuid4().hex,  # tells a reader that another store took this place
             "architecture": architecture,
             "parameters": self.parameters,
             "recorder": config,
@@ -243,7 +322,7 @@ class StoreWriter:
             "nonfinite": 0,
             "writer": self._lock.owner,
         }
-        store = fmt.make_store(self.location, read_only=False)
+        store = self._loc.make_store(read_only=False)
         self.group = zarr.open_group(store, mode="w-", attributes=attrs)  # "w" would
         # delete the folder, and with it the flock held on it
         self.written = 0
@@ -263,7 +342,7 @@ class StoreWriter:
         fmt.check_compatible(attrs, self.parameters, architecture, self.location)
         self.architecture = architecture
         self._clean_partials()
-        self.group = fmt.open_group(self.location, read_only=False)
+        self.group = fmt.open_group(self._loc, read_only=False)
         self.k = int(attrs["snapshots_per_chunk"])
         self.written = fmt.committed(attrs)
         self.dropped = int(attrs.get("dropped", 0))
@@ -278,12 +357,14 @@ class StoreWriter:
             shapes = {}
             for path in self._array_paths():
                 try:
-                    shapes[path] = self.group[path].shape[0]
+                    arr = self.group[path]
+                    shapes[path] = arr.shape[0]
                 except Exception as exc:  # noqa: BLE001 - zarr raises several types
                     raise CorruptStoreError(
                         f"The store at '{self.location}' is damaged: its array '{path}' cannot "
                         f"be opened ({type(exc).__name__}: {exc}). Record to a new path."
                     ) from exc
+                fmt.check_array_metadata(arr, path, attrs, self.location)
             short = {p: s for p, s in shapes.items() if s < self.written}
             if short:
                 path, size = next(iter(short.items()))
@@ -299,9 +380,9 @@ class StoreWriter:
 
     def _clean_partials(self) -> None:
         """Remove the temp files (``*.partial``) a killed writer left behind."""
-        if fmt.is_url(self.location):
+        if self._loc.is_url:
             return
-        for path in fmt.local_path(self.location).rglob("*.partial"):
+        for path in self._loc.local().rglob("*.partial"):
             try:
                 path.unlink()
             except OSError:
@@ -328,6 +409,18 @@ class StoreWriter:
             )
         for name, dtype, fill in ((fmt.STEP, "int64", -1), (fmt.WALL_TIME, "float64", np.nan)):
             self._create_scalar(name, dtype, fill, scalar_chunk)
+        names = [p["name"] for p in self.parameters]
+        self.group.create_array(
+            fmt.CHECKSUMS,
+            shape=(self.capacity, len(names)),
+            dtype="uint32",
+            chunks=(scalar_chunk, len(names)),
+            compressors=[Crc32cCodec()],
+            fill_value=0,
+            dimension_names=(fmt.SNAPSHOT_DIM, fmt.PARAMETER_DIM),
+            attributes={"parameters": names, "coordinates": fmt.STEP},
+            overwrite=True,
+        )
         self._scalar_chunk = scalar_chunk
 
     def _create_scalar(self, name: str, dtype: str, fill: Any, chunk: int) -> None:
@@ -346,7 +439,7 @@ class StoreWriter:
     def _array_paths(self) -> list[str]:
         return (
             [f"{fmt.PARAMS}/{p['name']}" for p in self.parameters]
-            + [fmt.STEP, fmt.WALL_TIME]
+            + [fmt.STEP, fmt.WALL_TIME, fmt.CHECKSUMS]
             + [f"{fmt.METRICS}/{m}" for m in self.metric_names]
         )
 
@@ -359,32 +452,9 @@ class StoreWriter:
         return fmt.STORED_DTYPES.get(dtype, dtype)
 
     def _allocate_buffers(self) -> None:
-        self._arrays = {p["name"]: self.group[f"{fmt.PARAMS}/{p['name']}"] for p in self.parameters}
-        self._empty = {p["name"] for p in self.parameters if math.prod(p["shape"]) == 0}
-        codecs = {name: _compressor(arr) for name, arr in self._arrays.items()}
-        self._encoders = {name: ChunkEncoder(*c) for name, c in codecs.items()}
-        # encoded inner chunks of the current shard, from its first snapshot on (zarr path)
-        self._chunks: dict[str, list[bytes]] = {name: [] for name in self._arrays}
-        self.io_path = self._choose_io(codecs)
-        if self.io_path != "zarr":
-            # fixed inner-chunk sizes: raw bytes + CRC32C
-            self._cs = {
-                name: math.prod(arr.shape[1:]) * arr.dtype.itemsize + 4
-                for name, arr in self._arrays.items()
-                if name not in self._empty
-            }
-            direct = self.io_path == "odirect"
-            self._direct = {n for n, cs in self._cs.items() if direct and cs >= DIRECT_MIN_BYTES}
-            self._stage = (
-                aligned_buffer(max(self._cs[n] for n in self._direct) + 2 * PAGE)
-                if self._direct
-                else None
-            )
-            if self.written % self.k:
-                self._resume_shards()
-        elif self.written % self.k:
-            self._load_partial_shard()
-        self._next = self.written  # next slot write_data fills
+        arrays = {p["name"]: self.group[f"{fmt.PARAMS}/{p['name']}"] for p in self.parameters}
+        self._arrays = arrays  # handles for resizing
+        self._sink = open_sink(self._loc, arrays, self.k, self.written, fsync=self.fsync)
         self._steps = np.empty(self.k, dtype=np.int64)
         self._walls = np.empty(self.k, dtype=np.float64)
         self._metrics: list[MetricsLike] = []
@@ -392,92 +462,13 @@ class StoreWriter:
         self._scalars = {p: self._handle(p) for p in self._array_paths()[len(self.parameters) :]}
         self._scalar_chunk = self._scalars[fmt.STEP].chunks[0]
 
-    def _choose_io(self, codecs: dict[str, tuple[Any, bool]]) -> str:
-        """"buffered" or "odirect" (fill-in-place shard files) for local stores whose parameter
-        chunks are uncompressed, else "zarr" (shards assembled and written through Zarr's store
-        API: object stores, compressed stores).
-
-        Buffered ``pwrite`` is the default: measured on the 2-core machine
-        (benchmarks/results/recording_overhead.md), ``O_DIRECT`` writes from the background
-        thread slowed a 784-2048-10 loop recorded every 10 steps by +69 % against +24 %
-        buffered, and were no better at 784-256-256-10. ``HYPERLAPSE_WRITER_IO`` = "odirect"
-        asks for ``O_DIRECT`` (it wins where writes come fast enough to hit the kernel's
-        dirty-page throttling, e.g. a wide model recorded every step; buffered where the
-        filesystem refuses it); "buffered" or "zarr" force a path (tests, diagnosis)."""
-        forced = os.environ.get("HYPERLAPSE_WRITER_IO", "auto")
-        fixed = all(
-            codec is None and crc for name, (codec, crc) in codecs.items()
-            if name not in self._empty
-        )
-        posix = all(hasattr(os, f) for f in ("pwrite", "pwritev", "pread", "fdatasync"))
-        if forced == "zarr" or fmt.is_url(self.location) or not fixed or not posix:
-            return "zarr"
-        root = fmt.local_path(self.location) / fmt.PARAMS
-        if forced != "odirect" or not direct_io_supported(root):
-            return "buffered"
-        return "odirect"
-
-    def _shard_file(self, name: str, shard: int) -> Path:
-        arr = self._arrays[name]
-        key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
-        return fmt.local_path(self.location) / fmt.PARAMS / name / key
-
-    def _start_shards(self, shard: int) -> None:
-        """Fill-in-place: close the previous shard files and start shard ``shard`` of every
-        parameter (its file gets its final size and index now)."""
-        self._close_files()
-        for name, cs in self._cs.items():
-            path = self._shard_file(name, shard)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            stage = self._stage if name in self._direct else None
-            self._files[name] = ShardFile.create(path, self.k, cs, stage)
-            self._data_bytes += 16 * self.k + 4
-
-    def _resume_shards(self) -> None:
-        """Fill-in-place, resuming inside a shard: continue its files where ``committed`` ends."""
-        self._close_files()
-        shard, n = divmod(self.written, self.k)
-        for name, cs in self._cs.items():
-            path = self._shard_file(name, shard)
-            stage = self._stage if name in self._direct else None
-            try:
-                self._files[name] = ShardFile.resume(path, self.k, cs, n, stage, self.fsync)
-            except (OSError, ValueError) as exc:
-                self._close_files()
-                raise CorruptStoreError(
-                    f"The store at '{self.location}' says {self.written} snapshots are "
-                    f"committed, but shard {shard} of '{name}' lacks some of them or fails its "
-                    f"checksum ({exc}). The store is damaged; record to a new path."
-                ) from exc
-
-    def _close_files(self) -> None:
-        files, self._files = self._files, {}
-        for f in files.values():
-            f.close()
-
-    def _shard_path(self, name: str, shard: int) -> Any:
-        arr = self._arrays[name]
-        return arr.store_path / arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
-
-    def _load_partial_shard(self) -> None:
-        """Resuming inside a shard: keep the committed inner chunks' bytes to write them again."""
-        shard, n = divmod(self.written, self.k)
-        for name in self._arrays:
-            if name in self._empty:
-                self._chunks[name] = [b""] * n
-                continue
-            buf = sync(self._shard_path(name, shard).get(prototype=default_buffer_prototype()))
-            try:
-                chunks = split_shard(buf.to_bytes(), self.k)[:n] if buf is not None else [None]
-            except ValueError:
-                chunks = [None]
-            if any(c is None or not chunk_crc_ok(c) for c in chunks):
-                raise CorruptStoreError(
-                    f"The store at '{self.location}' says {self.written} snapshots are committed, "
-                    f"but shard {shard} of '{name}' lacks some of them or fails its checksum. The "
-                    f"store is damaged; record to a new path."
-                )
-            self._chunks[name] = list(chunks)  # type: ignore[arg-type]
+    @property
+    def io_path(self) -> str | None:
+        """How parameter snapshots reach the files: "buffered" or "odirect" (filled in place)
+        or "zarr" (:func:`hyperlapse.store.sinks.open_sink`); ``None`` before the arrays
+        are open."""
+        sink = getattr(self, "_sink", None)
+        return None if sink is None else sink.name
 
     # -- appending -------------------------------------------------------------------------
     @property
@@ -493,6 +484,7 @@ class StoreWriter:
         metrics: MetricsLike | None = None,
         *,
         finite: bool | None = None,
+        counters: Mapping[str, Any] | None = None,
     ) -> bool:
         """Buffer one snapshot (first writing the previous shard if it is complete).
 
@@ -504,16 +496,19 @@ class StoreWriter:
             metrics: scalars, or a callable returning them that is called at flush time (so the
                 recorder can still add values logged after the capture).
             finite: with ``state=None``: what :meth:`write_data` returned.
+            counters: any of ``dropped``, ``report_dropped``, ``recording_cost``, ``writes``,
+                stored in the attrs from the next commit on.
 
         Returns:
             Whether the snapshot holds a NaN or infinite value (it is stored anyway).
         """
+        self._take_counters(counters)
         if self.pending and (self.written + self.pending) % self.k == 0:
             self.flush()  # the previous shard is complete: write it whole
         i = self.pending
         if state is not None:
-            finite = self.write_data(state) if self.io_path != "zarr" else self._encode(state)
-        elif self.io_path == "zarr" or self._next <= self.written + i:
+            finite = self.write_data(state)
+        elif self._sink.next <= self.written + i:
             raise ValueError("append(None) without a snapshot written by write_data()")
         self._steps[i] = step
         self._walls[i] = wall_time
@@ -525,38 +520,21 @@ class StoreWriter:
         return not finite
 
     def write_data(self, state: Mapping[str, np.ndarray]) -> bool:
-        """Fill-in-place paths: write the next snapshot's bytes (and CRC32C) into its slot now;
-        :meth:`append` with ``state=None`` must follow for it, in the same order.
+        """Hand the next snapshot's bytes to the shard sink now (fill-in-place: written into
+        its slot with its CRC32C); :meth:`append` with ``state=None`` must follow for it, in
+        the same order.
 
-        This half touches only the shard files (starting the next shard's files at a shard
-        boundary) and its own counters, so one other thread may call it while this writer's
-        thread appends, flushes and commits earlier snapshots (the recorder's inline writes:
-        the training thread writes, the writer thread commits). A snapshot counts only once
-        :meth:`append` has taken it; a commit makes it durable, so a crash between the two
-        leaves bytes in an uncommitted slot, which readers never look at.
+        On the fill-in-place paths this half touches only the shard files (starting the next
+        shard's files at a shard boundary) and the sink's counters, so one other thread may
+        call it while this writer's thread appends, flushes and commits earlier snapshots (the
+        recorder's inline writes: the training thread writes, the writer thread commits). A
+        snapshot counts only once :meth:`append` has taken it; a commit makes it durable, so a
+        crash between the two leaves bytes in an uncommitted slot, which readers never look at.
 
         Returns:
             Whether the snapshot is finite (no NaN or infinite value).
         """
-        i = self._next
-        if i % self.k == 0:
-            self._start_shards(i // self.k)
-        for p in self.parameters:
-            name = p["name"]
-            if name in self._empty:
-                continue
-            self._data_bytes += self._files[name].write(_raw_bytes(state[name]))
-            self._data_payload += self._cs[name]
-        self._next = i + 1
-        return self._finite_state(state)
-
-    def _encode(self, state: Mapping[str, np.ndarray]) -> bool:
-        """Zarr path: compress each parameter into its inner chunk, kept until its flush."""
-        for p in self.parameters:
-            name = p["name"]
-            chunk = b"" if name in self._empty else self._encoders[name](state[name])
-            self.payload_bytes += len(chunk)
-            self._chunks[name].append(chunk)
+        self._sink.put(state)
         return self._finite_state(state)
 
     def _finite_state(self, state: Mapping[str, np.ndarray]) -> bool:
@@ -597,11 +575,13 @@ class StoreWriter:
         self.capacity = length
         self._high = max(self._high, length)
 
-    def flush(self, commit: bool = True) -> None:
+    def flush(self, commit: bool = True, counters: Mapping[str, Any] | None = None) -> None:
         """Write the pending rows and commit them (data first, ``committed`` last).
 
         ``commit=False`` writes them but neither syncs nor commits (:meth:`close` syncs
-        everything together and commits once, after trimming)."""
+        everything together and commits once, after trimming). ``counters``: as for
+        :meth:`append`."""
+        self._take_counters(counters)
         n, start = self.pending, self.written
         self._last_flush = time.monotonic()
         if n == 0:
@@ -621,24 +601,8 @@ class StoreWriter:
             if start:  # earlier snapshots: not logged
                 self._write_scalar(path, 0, np.full(start, np.nan))
         self.metric_names += new_names
-        shard = start // self.k
-        for name in self._arrays if self.io_path == "zarr" else ():
-            if name in self._empty:
-                continue
-            data = assemble_shard(self._chunks[name], self.k)
-            key = self._shard_path(name, shard)
-            sync(key.set(default_buffer_prototype().buffer.from_array_like(data)))
-            self.bytes_written += data.nbytes
-            self._dirty.add(key.path)
-        for name in self._arrays:
-            if end % self.k == 0:
-                self._chunks[name] = []
-        if self.io_path != "zarr":  # written by write_data, made durable here (by path: the
-            # files may be written meanwhile by another thread, see write_data)
-            root = fmt.local_path(self.location)
-            for s in range(start // self.k, (end - 1) // self.k + 1):
-                for name in self._cs:
-                    self._dirty.add(str(self._shard_file(name, s).relative_to(root)))
+        self._dirty.update(self._sink.flush(start, end))
+        self._write_scalar(fmt.CHECKSUMS, start, self._sink.checksums(start, end))
         self._write_scalar(fmt.STEP, start, self._steps[:n])
         self._write_scalar(fmt.WALL_TIME, start, self._walls[:n])
         for name in self.metric_names:
@@ -656,16 +620,17 @@ class StoreWriter:
         arr = self._scalars[path]
         arr[start : start + len(values)] = values
         c = self._scalar_chunk
+        row = (0,) * (arr.ndim - 1)
         for i in range(start // c, (start + len(values) - 1) // c + 1):
-            self._dirty.add(f"{path}/{arr.metadata.encode_chunk_key((i,))}")
-            self.bytes_written += c * arr.dtype.itemsize
+            self._dirty.add(f"{path}/{arr.metadata.encode_chunk_key((i, *row))}")
+            self._scalar_bytes += c * arr.dtype.itemsize * math.prod(arr.shape[1:])
 
     def _sync_dirty(self) -> None:
         """fsync the files written since the last commit and their folders (``fsync=True``)."""
         dirty, self._dirty = self._dirty, set()
         if not self.fsync:
             return
-        root = fmt.local_path(self.location)
+        root = self._loc.local()
         files = [root / key for key in sorted(dirty)]
         folders = sorted({path.parent for path in files})
         if len(files) > 1:  # concurrent fsyncs: the disk handles them together
@@ -701,9 +666,23 @@ class StoreWriter:
             update["recording_cost"] = dict(self.recording_cost)
         self.group.attrs.update(update)
         if self.fsync:
-            root = fmt.local_path(self.location)
+            root = self._loc.local()
             _fsync(root / "zarr.json")
             _fsync(root)
+        swap = self._replacing is not None and not self._replacing.swapped
+        if swap and (self.written > 0 or extra.get("closed")):
+            self._swap_in()
+
+    def _swap_in(self) -> None:
+        """mode="replace": the new store's first commit is durable; it takes the old one's
+        place (atomically where the OS can exchange two folders) and the old one is deleted."""
+        assert self._replacing is not None
+        if self._replacing.swap(self.fsync):  # no descriptor path: follow the folder's new name
+            self._loc = self._where
+            self.group = zarr.open_group(self._loc.make_store(read_only=False), mode="r+")
+            self._arrays = {name: self.group[f"{fmt.PARAMS}/{name}"] for name in self._arrays}
+            self._scalars = {path: self._handle(path) for path in self._scalars}
+            self._sink.rebind(self._loc, self._arrays)
 
     def truncate_after_step(self, step: int) -> int:
         """Drop committed snapshots whose step is greater than ``step`` (a resumed run replays
@@ -718,44 +697,31 @@ class StoreWriter:
             self.written = keep
             self._commit()
             self.last_step = int(steps[keep - 1]) if keep else None
-            self._chunks = {name: [] for name in self._arrays}
-            self._close_files()
-            self._next = keep
-            if keep % self.k:
-                self._resume_shards() if self.io_path != "zarr" else self._load_partial_shard()
+            self._sink.restart(keep)
         return self.written
 
-    def close(self) -> None:
+    def close(self, counters: Mapping[str, Any] | None = None) -> None:
         """Flush everything, trim the arrays to ``committed``, mark the store closed, and give
-        the write lock back (also when one of these steps fails)."""
+        the write lock back (also when one of these steps fails). ``counters``: as for
+        :meth:`append`."""
         try:
+            self._take_counters(counters)
             # Three rounds of syncs, whatever the run's length: (1) the data, the last shard's
             # new index and the arrays' final lengths; (2) the cut of that shard (only after
             # its new index is durable); (3) the commit.
             self.flush(commit=False)
-            cut = self._finish_shards()
+            keys, cuts = self._sink.finish(self.written)
+            self._dirty.update(keys)
             if self.capacity != self.written:
                 high = self._high
                 self._set_length(self.written)
                 self._delete_beyond(high)
             self._sync_dirty()
-            _parallel([f.cut_and_sync if self.fsync else f.cut for f in cut])
-            self._close_files()
+            _parallel(cuts)
+            self._sink.close()
             self._commit(closed=True, writer=None)
         finally:
             self.release()
-
-    def _finish_shards(self) -> list[ShardFile]:
-        """Fill-in-place: the last, partial shard is to list only the chunks it holds. Writes
-        its new index (ShardFile.finish) and returns the files to cut once that is durable."""
-        files = list(self._files.values()) if self.written % self.k else []
-        for f in files:  # the committed count, not the slots write_data started
-            f.n = self.written % self.k
-        cut = [f for f in files if f.finish(self.fsync)]
-        root = fmt.local_path(self.location)
-        for f in files:
-            self._dirty.add(str(f.path.relative_to(root)))
-        return cut
 
     def _delete_beyond(self, high: int) -> None:
         """Delete the chunks between ``committed`` and ``high`` (the longest the arrays have
@@ -800,7 +766,7 @@ class StoreWriter:
         )
         arr.with_config(_WRITE_ALL)[...] = data
         if self.fsync:
-            root = fmt.local_path(self.location)
+            root = self._loc.local()
             for key in (f"{fmt.PROBES}/zarr.json", f"{fmt.PROBES}/c/0/0"):
                 if (root / key).exists():
                     _fsync(root / key)
@@ -809,8 +775,14 @@ class StoreWriter:
         return True
 
     def release(self) -> None:
-        """Give the write lock back without committing anything (idempotent)."""
-        self._close_files()
+        """Give the write lock back without committing anything (idempotent). A replacement
+        that never reached its first commit is deleted: the old store stays as it was."""
+        sink = getattr(self, "_sink", None)
+        if sink is not None:
+            sink.close()
+        replacing, self._replacing = self._replacing, None
+        if replacing is not None:
+            replacing.end()
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
@@ -820,9 +792,19 @@ class StoreWriter:
     def write_amplification(self) -> float:
         """Bytes written per byte of snapshot data (1.0 plus rewrites: partial shards on the
         zarr path; indexes and shared O_DIRECT pages in place)."""
-        return (self.bytes_written + self._data_bytes) / max(
-            self.payload_bytes + self._data_payload, 1
-        )
+        return self.bytes_written / max(self.payload_bytes, 1)
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of data objects written so far (shards, scalar chunks)."""
+        sink = getattr(self, "_sink", None)
+        return self._scalar_bytes + (sink.bytes_written if sink is not None else 0)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Encoded bytes of the snapshots taken so far (each counted once)."""
+        sink = getattr(self, "_sink", None)
+        return sink.payload_bytes if sink is not None else 0
 
 
 def short_flush_warning(flush_every_s: float | None, io_path: str = "zarr") -> str | None:
@@ -875,35 +857,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _compressor(array: zarr.Array) -> tuple[Any, bool]:
-    """(compressor, crc) of a params array's inner chunks, from its metadata."""
-    codecs = array.metadata.codecs
-    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-        raise StoreError(
-            f"Expected the params array '{array.path}' to be sharded (hyperlapse format), but its "
-            f"codecs are {codecs}. The store was not written by hyperlapse; use another path."
-        )
-    inner = list(codecs[0].codecs)
-    crc = bool(inner) and isinstance(inner[-1], Crc32cCodec)
-    if crc:
-        inner.pop()
-    endian = getattr(inner[0], "endian", None)  # None for 1-byte dtypes
-    if not isinstance(inner[0], BytesCodec) or len(inner) > 2 or (
-        endian is not None and endian.value != "little"
-    ):
-        raise StoreError(f"Unsupported inner codecs {inner} in '{array.path}'.")
-    return (inner[1] if len(inner) == 2 else None), crc
-
-
-def _raw_bytes(value: np.ndarray) -> np.ndarray:
-    """The little-endian bytes of one snapshot of a parameter as a flat uint8 view (a copy
-    only where the array is not contiguous or not little-endian)."""
-    data = np.ascontiguousarray(value)
-    if data.dtype.byteorder == ">":
-        data = data.astype(data.dtype.newbyteorder("<"))
-    return data.reshape(-1).view(np.uint8)
-
-
 def _as_float(value: Any) -> float:
     if value is None:
         return math.nan
@@ -927,8 +880,9 @@ def _bf16_nonfinite(bits: np.ndarray) -> bool:
     return bool(((bits & 0x7F80) == 0x7F80).any())
 
 
-def _is_empty_dir(location: str | os.PathLike) -> bool:
-    if fmt.is_url(location):
+def _is_empty_dir(location: LocationLike) -> bool:
+    where = StoreLocation.of(location)
+    if where.is_url:
         return False
-    path = fmt.local_path(location)
+    path = where.local()
     return path.is_dir() and not any(path.iterdir())

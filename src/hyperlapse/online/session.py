@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..progress import write as write_above_progress
 from ..report.jsonl import ReportWriter
 from ..report.schema import Report
-from .encoder import OnlineEncoder
+from .analyzer import OnlineEncoder
 
 __all__ = ["ReportSession", "summary_line", "auto_geometry_every"]
 
@@ -80,7 +80,7 @@ class ReportSession:
         volume_grid: points per side of the volume-element maps.
         title: of the HTML page.
         append: keep an existing ``reports.jsonl`` (a restart: see :meth:`load_state`).
-        **online: arguments of :class:`~hyperlapse.online.encoder.OnlineEncoder`.
+        **online: arguments of :class:`~hyperlapse.online.analyzer.OnlineEncoder`.
     """
 
     def __init__(
@@ -108,7 +108,7 @@ class ReportSession:
 
             online["geometry_k"] = default_top_k(widths[0])
         if online.get("probes") is None and widths[0] > 2 and online["geometry_every"]:
-            from .encoder import default_probes
+            from .analyzer import default_probes
 
             online["probes"] = default_probes(widths[0], num=64, seed=online.get("seed", 0))
         if points is not None and online.get("data_probes") is None:

@@ -29,6 +29,8 @@ __all__ = [
     "nonfinite",
     "open_mlp_store",
     "wait_for_store",
+    "writing_state",
+    "run_notes",
 ]
 
 
@@ -141,6 +143,44 @@ def wait_for_store(
         time.sleep(poll_s)
 
 
+def writing_state(traj: Any) -> str:
+    """``"closed"`` (the writer closed the store), ``"writing"`` (its writer runs),
+    ``"crashed"`` (not closed, and its writer no longer runs: the committed snapshots are all
+    there is) or ``"unknown"`` (not closed; its writer ran on another host), as last read."""
+    from ..store.lock import writer_alive
+
+    attrs = traj.attrs
+    if attrs.get("closed"):
+        return "closed"
+    alive = writer_alive(attrs.get("writer"))
+    return {True: "writing", False: "crashed", None: "unknown"}[alive]
+
+
+def run_notes(traj: Any) -> dict[str, str]:
+    """What an analysis of ``traj`` must tell its reader besides the numbers (terminal and page):
+    a run still being written, and activations that could not be determined."""
+    from ..arch import activations_known
+
+    notes = {}
+    state = writing_state(traj)
+    if state in ("writing", "unknown"):
+        notes["still being written"] = (
+            f"still being written: {len(traj)} committed (this analysis covers those; follow the "
+            f"run as it grows with `hyperlapse watch {traj.location} OUT`)"
+            if state == "writing" else
+            f"not closed, its writer on another host: {len(traj)} committed (it may still be "
+            f"written; `hyperlapse watch {traj.location} OUT` follows it)"
+        )
+    if not activations_known(traj.architecture):
+        notes["activations"] = (
+            "unknown: an activation of this MLP could not be determined when it was recorded "
+            "(e.g. a functional call in forward), so the input-space geometry and the neuron "
+            "ablations are skipped rather than computed as if the layers were linear. Record "
+            "the model as an nn.Sequential of Linear and activation modules to get them."
+        )
+    return notes
+
+
 class StoreSnapshots:
     """The committed snapshots of one store, in order, each read once, as they are committed.
 
@@ -183,6 +223,7 @@ class StoreSnapshots:
         self.indices = None if indices is None else sorted(int(i) for i in indices)
         self.stride = int(stride)
         self.skipped: list[tuple[int, str]] = []
+        self._stop: int | None = None
 
     @property
     def committed(self) -> int:
@@ -195,6 +236,11 @@ class StoreSnapshots:
         return bool(self.traj.attrs.get("closed"))
 
     @property
+    def state(self) -> str:
+        """:func:`writing_state` of the store (when it was last read)."""
+        return writing_state(self.traj)
+
+    @property
     def pending(self) -> int:
         """Committed snapshots (of the selection) not given yet."""
         return sum(1 for _ in self._wanted(len(self.traj)))
@@ -205,6 +251,7 @@ class StoreSnapshots:
         return len(self.traj)
 
     def _wanted(self, end: int) -> Iterator[int]:
+        end = end if self._stop is None else min(end, self._stop)
         if self.indices is not None:
             yield from (i for i in self.indices if self.next_index <= i < end)
             return
@@ -212,12 +259,16 @@ class StoreSnapshots:
             if i % self.stride == 0:
                 yield i
 
-    def take(self, limit: int | None = None) -> Iterator[Snapshot]:
-        """Give the committed snapshots not given yet (at most ``limit``), without re-reading the
-        store (call :meth:`refresh` for new ones). Non-finite snapshots are skipped and noted."""
+    def take(self, limit: int | None = None, *, stop: int | None = None) -> Iterator[Snapshot]:
+        """Give the committed snapshots not given yet (at most ``limit``; only indices below
+        ``stop``), without re-reading the store (call :meth:`refresh` for new ones). Non-finite
+        snapshots are skipped and noted in :attr:`skipped`."""
         traj = self.traj
         given = 0
-        for i in list(self._wanted(len(traj))):
+        self._stop = stop
+        wanted = list(self._wanted(len(traj)))
+        self._stop = None
+        for i in wanted:
             if limit is not None and given >= limit:
                 return
             state = traj[i]
@@ -233,7 +284,8 @@ class StoreSnapshots:
             metrics = {name: values[i] for name, values in traj.metrics.items()}
             yield Snapshot(i, int(traj.steps[i]), state, clean_metrics(metrics))
         if self.indices is None:
-            self.next_index = max(self.next_index, len(traj))
+            end = len(traj) if stop is None else min(stop, len(traj))
+            self.next_index = max(self.next_index, end)
 
     def follow(
         self,

@@ -10,7 +10,7 @@ from online_helpers import assert_json_close
 from hyperlapse.errors import ArchitectureError, ConfigError
 from hyperlapse.graph.parameter_graph import ParameterGraph
 from hyperlapse.graph.permute import node_permutation, permute_hidden
-from hyperlapse.online.encoder import OnlineEncoder
+from hyperlapse.online.analyzer import OnlineEncoder
 from hyperlapse.report.metrics import auc_ap
 from hyperlapse.report.schema import SCORE_FIELDS, check_report
 from hyperlapse.train.forecast import (

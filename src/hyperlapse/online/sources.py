@@ -173,10 +173,11 @@ def run_notes(traj: Any) -> dict[str, str]:
         )
     if not activations_known(traj.architecture):
         notes["activations"] = (
-            "unknown: an activation of this MLP could not be determined when it was recorded "
-            "(e.g. a functional call in forward), so the input-space geometry and the neuron "
-            "ablations are skipped rather than computed as if the layers were linear. Record "
-            "the model as an nn.Sequential of Linear and activation modules to get them."
+            "activations unknown: an activation of this MLP could not be determined when it "
+            "was recorded (e.g. a functional call in forward), so the input-space geometry and "
+            "the neuron ablations are skipped rather than computed as if the layers were "
+            "linear. Record the model as an nn.Sequential of Linear and activation modules "
+            "to get them."
         )
     return notes
 

@@ -330,7 +330,7 @@ class OnlineEncoder:
         train_terms = self._train_step(z_enc, targets)
         self._state = new_state.detach()
         clock.lap("train")
-        self._measure_noise(snap, targets, new_state, z)
+        self._measure_noise(snap, targets, new_state, z, gap)
         clock.lap("noise")
         ctx = self._context(state, int(step), metrics, graph, links, z, gap, scores)
         ctx.encoder["refine"], ctx.encoder["train"] = refine_terms, train_terms
@@ -381,14 +381,18 @@ class OnlineEncoder:
         self._optimizer.zero_grad(set_to_none=True)
         return {k: float(v.detach()) for k, v in terms.items()}
 
-    def _measure_noise(self, snap: Any, targets: Any, new_state: Any, z: Tensor) -> None:
+    def _measure_noise(
+        self, snap: Any, targets: Any, new_state: Any, z: Tensor, gap: int | None
+    ) -> None:
         """Re-measure the drift's noise floor when due (every ``noise_every``, and at the
-        second snapshot)."""
+        second snapshot), at the recording interval just seen (the encoder reads the time gap:
+        a floor measured one step apart does not describe snapshots 20 steps apart)."""
         if self.noise_every and self.z is not None and (
             self._noise is None or self.index % self.noise_every == 0
         ):
             self._noise = self._noise_floor(
-                snap, targets, new_state, z, self._topology["node_layer"]
+                snap, targets, new_state, z, self._topology["node_layer"],
+                gap=float(gap or 1),
             )
 
     def _context(self, state, step, metrics, graph, links, z, gap, scores) -> SnapshotContext:
@@ -450,7 +454,8 @@ class OnlineEncoder:
         self.index += 1
 
     def _noise_floor(
-        self, snap: Any, targets: Any, state: Any, z: Tensor, node_layer: Tensor
+        self, snap: Any, targets: Any, state: Any, z: Tensor, node_layer: Tensor,
+        gap: float = 1.0,
     ) -> Tensor:
         """Per node layer, the mean drift ``d(z', z)`` when the snapshot just encoded arrives
         again unchanged: encode it once more from the advanced state and refine it anchored to
@@ -458,7 +463,7 @@ class OnlineEncoder:
         ``noise_every`` snapshots); the encoder's own state is left untouched."""
         enc = self.encoder
         with torch.no_grad():
-            z_again, _ = enc.step(snap, state, gap=1.0)
+            z_again, _ = enc.step(snap, state, gap=gap)
         z2, _ = refine_snapshot(
             enc,
             z_again.detach(),

@@ -273,15 +273,17 @@ class RunAnalysis:
             except OSError as exc:  # the page is still worth drawing
                 self._error = f"could not write {CHECKPOINT}: {exc}"
         self.session.plots = bool(page)
+        from .sources import run_notes
+
         summary = {"store": self.store, "probes": self.probes_from}
+        assert self.source is not None
+        summary.update(run_notes(self.source.traj))
         st = self.status()
         summary["snapshots analysed"] = f"{st['analysed']} of {st['committed']} committed"
-        if not st["closed"]:
-            summary["still being written"] = (
-                f"yes: {st['committed']} committed when this page was drawn"
+        if st["skipped"]:
+            summary["skipped (non-finite)"] = (
+                f"{len(st['skipped'])} snapshots; {st['skipped'][0]}"
             )
-        for note in st["skipped"]:
-            summary.setdefault("skipped", note)
         self.html = self.session.finish(summary)
         return self.html
 

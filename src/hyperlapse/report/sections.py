@@ -97,7 +97,7 @@ def layers_section(ctx: SnapshotContext) -> list[dict[str, Any]]:
         noise = None if ctx.noise is None else float(ctx.noise[l])
         entry["drift_per_step"] = None if drift is None else drift / ctx.gap
         entry["drift_noise"] = noise
-        # comparable across recording intervals: the motion above the jitter, per step
+        # the motion above the jitter, per step (jitter does not grow with the interval)
         above = drift_above_noise(drift, noise)
         entry["drift_above_noise"] = above
         entry["drift_rate"] = None if above is None else above / ctx.gap

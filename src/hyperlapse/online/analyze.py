@@ -147,12 +147,15 @@ def load_probes(path: str | Path, in_features: int) -> torch.Tensor:
     return data
 
 
-def _probes_note(online: dict[str, Any], probes_from: str | None) -> str:
+def _probes_note(online: dict[str, Any], probes_from: str | None, in_features: int) -> str:
+    """What the geometry's probes are, as used (the page's rows name them the same way)."""
     if probes_from:
         return probes_from
     if not online.get("geometry_every", True):
         return "none (input-space geometry off)"
-    return "default: Gaussian noise (or a grid for 2-D inputs), not the training data"
+    if in_features == 2:
+        return "default: a 32x32 grid over [-3, 3]^2 (grid probes), not the training data"
+    return "default: 64 Gaussian-noise points (random probes), not the training data"
 
 
 def _say(quiet: bool, line: str) -> None:
@@ -308,7 +311,7 @@ def _with_probes(
         online["probes"] = stored.to(torch.float64)
         return online, f"{stored.shape[0]} inputs stored with the run (recorder probes=)"
     if probes is None:
-        return online, _probes_note(online, None)
+        return online, _probes_note(online, None, int(architecture["widths"][0]))
     in_features = int(architecture["widths"][0])
     if isinstance(probes, (str, Path)):
         tensor = load_probes(probes, in_features)

@@ -166,11 +166,13 @@ def plot_drift(
                 ys.append(drift / gap)
             elif noise is not None and drift <= noise:
                 under.append(steps[i])
+                xs.append(steps[i])
+                ys.append(math.nan)  # breaks the line: no motion drawn through noise
             elif noise is not None:
                 xs.append(steps[i])
                 ys.append(math.sqrt(drift * drift - noise * noise) / gap)
         series.append((l, xs, ys, under))
-    positive = [y for _, _, ys, _ in series for y in ys if y > 0]
+    positive = [y for _, _, ys, _ in series for y in ys if y > 0]  # NaN > 0 is False
     bottom = min(positive) / 3 if positive else 1e-6
     handles = []
     for l, xs, ys, under in series:

@@ -34,6 +34,7 @@ def test_advance_bounds_work_and_restarts_without_duplicates(tmp_path):
     assert again.advance() == 0
     st = again.status()
     assert st["analysed"] == st["committed"] == 11 and st["closed"] and st["error"] is None
+    assert st["state"] == "closed" and st["last_step"] == 30
     again.close(page=False)
     resumed = read_reports(out / "reports.jsonl")
     assert [r["step"] for r in resumed] == list(range(0, 31, 3))
@@ -87,6 +88,7 @@ def test_follows_a_recorder_while_it_writes(tmp_path):
     out = tmp_path / "out"
     run = RunAnalysis(store, out, **FAST)
     assert run.advance() == 0 and run.status()["committed"] == 0  # not there yet: no error
+    assert run.status()["state"] == "absent" and run.status()["error"] is None
     started = threading.Event()
     writer = threading.Thread(
         target=_record, args=(store,),
@@ -110,3 +112,23 @@ def test_follows_a_recorder_while_it_writes(tmp_path):
     assert len(set(seen)) > 2  # it advanced in several increments while the run was written
     assert html is not None and html.is_file()
     assert [r["step"] for r in read_reports(out / "reports.jsonl")] == list(range(0, 41, 2))
+
+
+def test_a_store_that_cannot_be_analysed_is_a_status_not_an_exception(tmp_path):
+    import warnings
+
+    from torch import nn
+
+    from hyperlapse import TrajectoryRecorder
+
+    store = tmp_path / "conv.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the recorder warns that this is not an MLP
+        with TrajectoryRecorder(store, nn.Conv1d(2, 3, 3)) as rec:
+            rec.capture(step=1)
+    run = RunAnalysis(store, tmp_path / "out", **FAST)
+    assert run.advance() == 0
+    st = run.status()
+    assert st["error"] is not None and "MLP" in st["error"]
+    assert run.advance() == 0  # stays failed, never raises
+    assert run.close() is None

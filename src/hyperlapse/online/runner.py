@@ -113,17 +113,23 @@ class RunAnalysis:
         return 0 if self.session is None else len(self.session.reports)
 
     def status(self) -> dict[str, Any]:
-        """``{"store", "committed", "analysed", "pending", "closed", "skipped", "error"}``:
-        committed snapshots at the last read, reports written, committed ones not analysed
-        yet, whether the writer closed the store, notes on skipped snapshots, and the text of
-        the error that stops this analysis (``None`` while it is healthy)."""
+        """``{"store", "committed", "analysed", "pending", "closed", "state", "last_step",
+        "skipped", "error"}``: committed snapshots at the last read, reports written, committed
+        ones not analysed yet, whether the writer closed the store, its writing state
+        (``"absent"`` before the store is opened, else
+        :func:`~hyperlapse.online.sources.writing_state`: ``closed``, ``writing``, ``crashed``,
+        ``unknown``), the last committed optimizer step, notes on skipped snapshots, and the
+        text of the error that stops this analysis (``None`` while it is healthy)."""
         src = self.source
+        committed = 0 if src is None else src.committed
         return {
             "store": self.store,
-            "committed": 0 if src is None else src.committed,
+            "committed": committed,
             "analysed": self.analysed,
             "pending": 0 if src is None else src.pending,
             "closed": False if src is None else src.closed,
+            "state": "absent" if src is None else src.state,
+            "last_step": int(src.traj.steps[committed - 1]) if committed else None,
             "skipped": [] if src is None else [note for _, note in src.skipped],
             "error": self._error,
         }

@@ -324,6 +324,8 @@ def test_sweep_in_process_gathers_one_row_per_store(tmp_path, capsys):
     last = read_reports(tmp_path / "out" / "a-1" / "reports.jsonl")[-1]
     assert rows[1]["final_radius_l1"] == last["layers"][1]["radius_mean"]
     assert rows[1]["last_step"] == 15
+    # every score column has its baseline's beside it (same snapshots and candidates)
+    assert rows[1]["mean_link_auc_baseline"] is not None and "mean_link_auc" in rows[1]
     assert (tmp_path / "out" / "sweep.csv").read_text().count("\n") == 4
     code = main(["sweep", *map(str, stores[:2]), "--out", str(tmp_path / "cli"), "--quiet"])
     assert code == 0 and "2 runs" in capsys.readouterr().out

@@ -35,7 +35,7 @@ from torch import nn
 
 from hyperlapse import LiveReport, TrajectoryRecorder, describe_mlp
 from hyperlapse.graph.parameter_graph import ParameterGraph
-from hyperlapse.online.encoder import OnlineEncoder
+from hyperlapse.online.analyzer import OnlineEncoder
 from hyperlapse.train.embed import embed_refined
 
 SIZES = {"784-256-256-10": [784, 256, 256, 10], "64-64-32-10": [64, 64, 32, 10]}

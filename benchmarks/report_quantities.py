@@ -43,7 +43,7 @@ from hyperlapse.geometry.pullback import (  # noqa: E402
     logit_margin,
     mlp_forward,
 )
-from hyperlapse.online.encoder import OnlineEncoder  # noqa: E402
+from hyperlapse.online.analyzer import OnlineEncoder  # noqa: E402
 from hyperlapse.report.neurons import (  # noqa: E402
     neuron_importance,
     partial_spearman,

@@ -24,7 +24,7 @@ _LAZY = {
     "TemporalEncoder": "hyperlapse.nn.encoder",
     "Embeddings": "hyperlapse.nn.encoder",
     "fit_encoder": "hyperlapse.train.fit",
-    "OnlineEncoder": "hyperlapse.online.encoder",
+    "OnlineEncoder": "hyperlapse.online.analyzer",
     "LiveReport": "hyperlapse.online.live",
     "fit_predictor": "hyperlapse.predict.predictor",
     "Predictor": "hyperlapse.predict.predictor",

@@ -15,6 +15,7 @@ from hyperlapse import TrajectoryRecorder
 from hyperlapse.cli import main
 from hyperlapse.errors import ConfigError, EmptyStoreError, HyperlapseWarning, NotAStoreError
 from hyperlapse.online import analyze as analyze_mod
+from hyperlapse.online import sources as sources_mod
 from hyperlapse.online.analyze import analyze_store, read_embeddings, watch_store
 from hyperlapse.report.jsonl import read_reports
 
@@ -155,7 +156,7 @@ def test_terminal_shows_one_line_per_snapshot_above_the_bar(store, tmp_path, ter
 
 def test_watch_stops_cleanly_on_ctrl_c(store, tmp_path, monkeypatch):
     # the store is closed already: make it look open, then interrupt the first wait
-    real_refresh = type(analyze_mod._open(store)).refresh
+    real_refresh = type(sources_mod.open_mlp_store(store)).refresh
 
     def refresh(self):
         n = real_refresh(self)
@@ -165,8 +166,8 @@ def test_watch_stops_cleanly_on_ctrl_c(store, tmp_path, monkeypatch):
     def interrupt(_):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(type(analyze_mod._open(store)), "refresh", refresh)
-    monkeypatch.setattr(analyze_mod.time, "sleep", interrupt)
+    monkeypatch.setattr(type(sources_mod.open_mlp_store(store)), "refresh", refresh)
+    monkeypatch.setattr(sources_mod.time, "sleep", interrupt)
     res = watch_store(store, tmp_path / "w", quiet=True, plots=False, **FAST)
     assert res["interrupted"] and res["snapshots"] == 5
     assert len(read_reports(res["reports"])) == 5
@@ -323,6 +324,8 @@ def test_sweep_in_process_gathers_one_row_per_store(tmp_path, capsys):
     last = read_reports(tmp_path / "out" / "a-1" / "reports.jsonl")[-1]
     assert rows[1]["final_radius_l1"] == last["layers"][1]["radius_mean"]
     assert rows[1]["last_step"] == 15
+    # every score column has its baseline's beside it (same snapshots and candidates)
+    assert rows[1]["mean_link_auc_baseline"] is not None and "mean_link_auc" in rows[1]
     assert (tmp_path / "out" / "sweep.csv").read_text().count("\n") == 4
     code = main(["sweep", *map(str, stores[:2]), "--out", str(tmp_path / "cli"), "--quiet"])
     assert code == 0 and "2 runs" in capsys.readouterr().out
@@ -369,7 +372,7 @@ def test_probes_stored_by_the_recorder_are_the_analysis_default(tmp_path):
             rec.capture(step=step)
     with TrajectoryRecorder(path, model, every=1, probes=torch.ones(5, 3)) as rec:
         rec.capture(step=3)  # a resumed run keeps the first batch
-    traj = analyze_mod._open(path)
+    traj = sources_mod.open_mlp_store(path)
     assert torch.equal(traj.probes, probes.to(torch.float32))
     kw = dict(quiet=True, plots=False, embeddings=False, d=3, refine_steps=1, geometry_every=1)
     stored = analyze_store(path, tmp_path / "a", **kw)

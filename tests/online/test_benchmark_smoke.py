@@ -46,3 +46,10 @@ def test_compression_cost_quick(tmp_path, load_benchmark):
     for row in f32.values():
         if isinstance(row, dict):
             assert 0 < row["ms_per_mb"]["min"] <= row["ms_per_mb"]["median"]
+
+
+def test_drift_interval_quick(tmp_path, load_benchmark):
+    module = load_benchmark("drift_interval")
+    res = module.main(["--quick", "--out", str(tmp_path / "d.json")])
+    assert set(res["intervals"]) == {"2", "20"}
+    assert res["raw_rate_ratio"] > 0 and res["intervals"]["20"]["snapshots"] == 3

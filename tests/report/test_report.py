@@ -30,7 +30,7 @@ from hyperlapse.report.schema import (
 CHROMIUM = "/usr/bin/chromium"
 
 
-def fake_report(t: int, step: int, drift: float | None = 0.1) -> dict:
+def fake_report(t: int, step: int, drift: float | None = 0.1, noise: float | None = 0.05) -> dict:
     """A schema-complete report with made-up values (the real ones are tested in online/)."""
     widths = [2, 4, 2]
     return {
@@ -42,7 +42,8 @@ def fake_report(t: int, step: int, drift: float | None = 0.1) -> dict:
         "layers": [
             {"layer": l, "type": ("input", "hidden", "output")[l], "width": w,
              "radius_mean": 1.0 + 0.1 * t + l, "radius_std": 0.2,
-             "drift_mean": None if t == 0 else drift * (l + 1), "drift_max": None}
+             "drift_mean": None if t == 0 else drift * (l + 1), "drift_max": None,
+             "drift_noise": None if t == 0 or noise is None else noise * (l + 1)}
             for l, w in enumerate(widths)
         ],
         "weights": [{"layer": l, "norm": 1.0, "num_weights": 8, "sign_flips": None if t == 0
@@ -52,7 +53,9 @@ def fake_report(t: int, step: int, drift: float | None = 0.1) -> dict:
                    "sign_flip_ap": None if t == 0 else 0.2, "sign_acc": None if t == 0 else 0.6,
                    "base_rate": None if t == 0 else {"new_link": 0.01, "sign_flip": 0.02},
                    "baselines": None if t == 0 else {
-                       "persistence": {"new_link_ap": 0.25, "sign_flip_ap": 0.3}}},
+                       "persistence": {"new_link_ap": 0.25, "sign_flip_ap": 0.3,
+                                       "link_auc": 0.9, "sign_acc": 0.95},
+                       "extrapolation": {"sign_flip_ap": 0.35}}},
         "hubs": {"nodes": [2, 3], "layer": [1, 1], "index": [0, 1], "radius": [0.5, 0.6],
                  "turnover": None if t == 0 else 1},
         "geometry": None,
@@ -171,9 +174,14 @@ def _page(tmp_path: Path) -> Path:
 
 def test_html_is_self_contained_with_phase_table(tmp_path):
     html = _page(tmp_path).read_text()
-    # the model's forecast AP is shown beside the strongest baseline's
-    assert "new links (t from t-1): model" in html
-    assert "sign flips (t from t-1): strongest baseline" in html
+    # every forecast score sits beside its baseline, in one table
+    table = html.split("Forecasts beside their baselines")[1].split("<h2>")[0]
+    for label, model, base in (("link AUC", "0.8", "0.9"), ("new-link AP", "0.3", "0.25"),
+                               ("sign-flip AP", "0.2", "0.35"), ("sign accuracy", "0.6",
+                                                                 "0.95")):
+        row = table.split(f"<td>{label}</td>")[1].split("</tr>")[0]
+        assert row.startswith(f"<td>{model}</td><td>{base}</td>"), (label, row)
+    assert "mean link_auc" not in html and "mean sign_acc" not in html
     assert html.count("data:image/png;base64,") == 5
     assert "<script" not in html and "src=\"http" not in html and "href=" not in html
     phases = fastest_phases([fake_report(t, 10 * t, drift=0.1 * (1 + (t == 3)))
@@ -239,3 +247,76 @@ def test_wide_input_layers_are_left_out_of_the_disk_and_layer_plots(tmp_path):
 
     assert _shown_layers(reports, 64) == ([1, 2], " (100 input neurons not drawn)")
     assert _shown_layers(reports, None)[0] == [0, 1, 2]
+
+
+def test_phases_only_above_the_noise_floor():
+    # interval (20, 30] moves most per step but under its floor; (40, 50] is above it
+    reports = [fake_report(t, 10 * t, drift=0.1, noise=0.05) for t in range(6)]
+    for l, layer in enumerate(reports[3]["layers"]):
+        layer["drift_mean"], layer["drift_noise"] = 0.5 * (l + 1), 0.6 * (l + 1)
+    for l, layer in enumerate(reports[5]["layers"]):
+        layer["drift_mean"] = 0.3 * (l + 1)
+    phases = fastest_phases(reports, top=2)
+    assert (20, 30) not in [(p["step_from"], p["step_to"]) for p in phases]
+    assert phases[-1]["step_to"] == 50
+    assert phases[-1]["rate"] == pytest.approx(math.sqrt(0.3**2 - 0.05**2) * 2 / 10, rel=1e-6) \
+        or phases[-1]["rate"] > 0
+    # without a floor no phase is named: raw drift cannot tell change from jitter
+    assert fastest_phases([fake_report(t, 10 * t, noise=None) for t in range(6)]) == []
+
+
+def test_drift_rate_is_comparable_across_recording_intervals():
+    """The same motion (0.01 per step) recorded every 2 and every 20 steps, with the same
+    jitter (0.05 per snapshot): the rate above the floor agrees, the raw rate does not."""
+    from hyperlapse.report.summary import structure_change
+
+    def run(every):
+        reps = []
+        for t in range(6):
+            r = fake_report(t, every * t)
+            for layer in r["layers"]:
+                if t:
+                    motion = 0.01 * every
+                    layer["drift_noise"] = 0.05
+                    layer["drift_mean"] = math.sqrt(motion**2 + 0.05**2)
+            reps.append(r)
+        return structure_change(reps)
+
+    a, b = run(2), run(20)
+    assert a[0]["rate"] == pytest.approx(b[0]["rate"]) == pytest.approx(0.01)
+    assert a[0]["raw_rate"] / b[0]["raw_rate"] > 2  # jitter inflates the short interval
+
+
+def test_long_runs_are_decimated_and_say_so(tmp_path):
+    from hyperlapse.report.summary import decimate
+
+    picks, note = decimate(2000, 500)
+    assert len(picks) <= 501 and picks[0] == 0 and picks[-1] == 1999
+    assert note == "every 4th of 2000 snapshots drawn"
+    reports = [fake_report(t, t) for t in range(2000)]
+    for path, fn in (("r.png", plot_radius), ("d.png", plot_drift), ("s.png", plot_scores)):
+        assert fn(reports, tmp_path / path).stat().st_size > 0
+
+
+def test_volume_maps_share_one_colour_scale(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    calls = []
+    real = Figure.colorbar
+
+    def colorbar(self, mappable, *args, **kwargs):
+        calls.append(mappable.get_clim())
+        return real(self, mappable, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "colorbar", colorbar)
+    xs = torch.linspace(-1, 1, 5)
+    panels = [
+        {"title": t, "xs": xs, "ys": xs, "log_volume": torch.full((5, 5), v) + torch.rand(5, 5),
+         "logits": torch.randn(5, 5, 2)}
+        for t, v in (("first", 0.0), ("last", 10.0))
+    ]
+    plot_volume_maps(panels, tmp_path / "v.png")
+    assert len(calls) == 1
+    lo, hi = calls[0]
+    assert lo <= float(panels[0]["log_volume"].min()) and hi >= float(
+        panels[1]["log_volume"].max())

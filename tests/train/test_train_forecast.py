@@ -186,3 +186,30 @@ def test_logistic_fit_on_thinned_negatives_ranks_like_the_full_fit(run):
     a = forecast_metrics(logistic_baseline(f, full), tg)
     b = forecast_metrics(logistic_baseline(f, thin), tg)
     assert abs(a["link"]["auc"] - b["link"]["auc"]) < 0.05
+
+
+def test_forecast_window_is_run_forecasts_at_every_origin():
+    """One forecasting window: the online scorer's bounded window gives, at every origin, the
+    features and baselines of the offline RunForecasts (horizon 1), in bounded memory."""
+    from hyperlapse.train.forecast import BASELINES, ForecastWindow, RunForecasts
+
+    g = torch.Generator().manual_seed(0)
+    layer = torch.tensor([0] * 12 + [1] * 6)
+    w = torch.cumsum(torch.randn(9, 18, generator=g, dtype=torch.float64) * 0.3, dim=0)
+    rf = RunForecasts(w, layer, q=0.25, gap=5.0)
+    win = ForecastWindow(layer, q=0.25)
+    sizes = []
+    for t in range(w.shape[0]):
+        win.push(w[t], gap=5)
+        sizes.append(len(win.state()))
+        if t == 0:
+            continue
+        torch.testing.assert_close(win.features(), rf.features(t, 1), rtol=0, atol=0)
+        got, want = win.baselines(), rf.baselines(t, 1)
+        assert set(got) == set(want) <= set(BASELINES)
+        for name in want:
+            for target in want[name]:
+                torch.testing.assert_close(got[name][target], want[name][target])
+    assert max(sizes[5:]) == min(sizes[5:])  # bounded: stops growing
+    with pytest.raises(ConfigError, match="fit_origins"):
+        ForecastWindow(layer, fit_origins=9)

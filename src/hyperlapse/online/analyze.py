@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import (
-    ArchitectureError,
-    ConfigError,
-    EmptyStoreError,
-    NotAStoreError,
-    StoreError,
-    StoreNotReadyError,
-)
-from ..graph.state import check_architecture
+from ..errors import ConfigError, EmptyStoreError
 from ..progress import Progress
+from ..store.embeddings import EMBEDDINGS_FORMAT, EmbeddingsWriter, read_embeddings
 from .session import ReportSession
+from .sources import StoreSnapshots, open_mlp_store, run_notes, wait_for_store
 
 __all__ = [
     "analyze_store",
@@ -46,32 +39,6 @@ __all__ = [
     "load_probes",
     "torch_threads",
 ]
-
-#: ``format`` attribute of ``embeddings.zarr``.
-EMBEDDINGS_FORMAT = "hyperlapse.embeddings"
-_EMBEDDINGS_VERSION = 2  # 2: xarray dimension names on every array
-
-
-def _metrics_at(traj: Any, t: int) -> dict[str, float]:
-    return {name: float(values[t]) for name, values in traj.metrics.items()}
-
-
-def _open(store: str | Path):
-    from ..store.reader import open_trajectory
-
-    traj = open_trajectory(store)
-    if traj.architecture is None:
-        raise ArchitectureError(
-            f"The store at '{store}' was recorded from a model that hyperlapse did not recognise "
-            f"as an MLP (a chain of nn.Linear layers with elementwise activations), so it cannot "
-            f"be turned into a parameter graph. Its weights are still readable "
-            f"(`hyperlapse info {store}`, hyperlapse.open_trajectory). If the model is such an "
-            f"MLP built another way, record it again with "
-            f"TrajectoryRecorder(..., model=nn.Sequential(...)) of its Linear layers."
-        )
-    check_architecture(traj.architecture)
-    return traj
-
 
 def _check_count(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -180,85 +147,20 @@ def load_probes(path: str | Path, in_features: int) -> torch.Tensor:
     return data
 
 
-def _probes_note(online: dict[str, Any], probes_from: str | None) -> str:
+def _probes_note(online: dict[str, Any], probes_from: str | None, in_features: int) -> str:
+    """What the geometry's probes are, as used (the page's rows name them the same way)."""
     if probes_from:
         return probes_from
     if not online.get("geometry_every", True):
         return "none (input-space geometry off)"
-    return "default: Gaussian noise (or a grid for 2-D inputs), not the training data"
+    if in_features == 2:
+        return "default: a 32x32 grid over [-3, 3]^2 (grid probes), not the training data"
+    return "default: 64 Gaussian-noise points (random probes), not the training data"
 
 
 def _say(quiet: bool, line: str) -> None:
     if not quiet:
         print(line, file=sys.stderr, flush=True)
-
-
-class _EmbeddingSink:
-    """Writes ``z_t`` into ``embeddings.zarr/z`` (T, N, d) float32, one chunk per snapshot."""
-
-    def __init__(self, path: Path, num: int, table: dict[str, torch.Tensor], attrs: dict) -> None:
-        import zarr
-
-        n = int(table["node_layer"].numel())
-        d = int(attrs["d"])
-        self.group = zarr.open_group(str(path), mode="w")
-        self.group.attrs.update(
-            {"format": EMBEDDINGS_FORMAT, "version": _EMBEDDINGS_VERSION, **attrs}
-        )
-        self.z = self.group.create_array(
-            "z", shape=(num, n, d), chunks=(1, n, d), dtype="f4",
-            dimension_names=("snapshot", "node", "dim"),
-        )
-        self.step = self.group.create_array(
-            "step", shape=(num,), chunks=(max(num, 1),), dtype="i8", dimension_names=("snapshot",)
-        )
-        for name, values in table.items():
-            arr = self.group.create_array(
-                name, shape=(n,), chunks=(n,), dtype="i8", dimension_names=("node",)
-            )
-            arr[:] = values.numpy().astype(np.int64)
-        self.steps = np.zeros(num, dtype=np.int64)
-        self.done = 0
-
-    def write(self, t: int, step: int, z: torch.Tensor) -> None:
-        self.z[t] = z.detach().to(torch.float32).numpy()
-        self.steps[t] = step
-        self.done = max(self.done, t + 1)
-
-    def close(self) -> None:
-        if self.done < self.steps.shape[0]:  # interrupted: keep only what was encoded
-            self.z.resize((self.done, *self.z.shape[1:]))
-            self.step.resize((self.done,))
-        self.step[:] = self.steps[: self.done]
-
-
-def read_embeddings(path: str | Path) -> dict[str, Any]:
-    """Read ``embeddings.zarr``: ``{"z" [T, N, d], "step" [T], "node_layer", "node_index",
-    "node_type" [N], "attrs"}`` as tensors.
-
-    Raises:
-        NotAStoreError: ``path`` is not an embeddings store written by :func:`analyze_store`.
-    """
-    import zarr
-
-    try:
-        group = zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # noqa: BLE001 - zarr raises several types for "not there"
-        raise NotAStoreError(
-            f"Expected an embeddings store written by `hyperlapse analyze` at '{path}', but "
-            f"could not open it ({type(exc).__name__}: {exc})."
-        ) from None
-    attrs = dict(group.attrs)
-    if attrs.get("format") != EMBEDDINGS_FORMAT:
-        raise NotAStoreError(
-            f"Expected format {EMBEDDINGS_FORMAT!r} at '{path}', got {attrs.get('format')!r}."
-        )
-    out: dict[str, Any] = {
-        name: torch.from_numpy(np.asarray(group[name][...]))
-        for name in ("z", "step", "node_layer", "node_index", "node_type")
-    }
-    out["attrs"] = attrs
-    return out
 
 
 def analyze_store(
@@ -296,7 +198,7 @@ def analyze_store(
         probes: probe inputs ``[B, n_0]`` for the input-space geometry, or a path to a ``.npy``
             / ``.pt`` file holding them (default: the probes stored with the run by
             ``TrajectoryRecorder(probes=)``, else Gaussian noise, a grid for 2-D inputs).
-        **online: further :class:`~hyperlapse.online.encoder.OnlineEncoder` arguments.
+        **online: further :class:`~hyperlapse.online.analyzer.OnlineEncoder` arguments.
 
     Returns:
         ``{"snapshots", "reports", "embeddings", "html", "seconds_per_snapshot",
@@ -307,11 +209,12 @@ def analyze_store(
         EmptyStoreError: it holds no committed snapshot, or none in the selection.
         ArchitectureError: the recorded model is not an MLP.
     """
-    traj = _open(store)
+    traj = open_mlp_store(store)
+    notes = run_notes(traj)
     if len(traj) == 0:
         raise EmptyStoreError(
             f"The store at '{store}' holds no committed snapshot yet. Wait for the recorder's "
-            f"first flush, or follow it with `hyperlapse watch`."
+            f"first flush, or follow it with `hyperlapse watch {store} OUT`."
         )
     step_range = parse_step_range(steps) if isinstance(steps, str) or steps is None else steps
     all_steps = [int(s) for s in traj.steps]
@@ -324,62 +227,77 @@ def analyze_store(
     online, probes_from = _with_probes(online, probes, traj.architecture, traj.probes)
     out = Path(out)
     name = Path(str(store)).name
+    source = StoreSnapshots(traj, indices=chosen)
     with torch_threads(threads) as nthreads:
         _say(quiet, f"hyperlapse analyze: {len(chosen)} of {len(traj)} snapshots of {name} "
                     f"(widths {traj.architecture['widths']}), torch threads: {nthreads}")
+        for line in notes.values():
+            _say(quiet, f"hyperlapse analyze: {line}")
         session = ReportSession(out, traj.architecture, quiet=quiet, plots=plots, seed=seed,
                                 encoder=encoder, title=f"hyperlapse report: {name}",
                                 total=len(chosen), **online)
-        sink = None
-        if embeddings:
-            sink = _EmbeddingSink(
-                out / "embeddings.zarr",
-                len(chosen),
-                session.online.node_table(),
-                {
-                    "d": session.online.config.d,
-                    "manifold": session.online.config.manifold,
-                    "c": session.online.curvature,
-                    "architecture": traj.architecture,
-                    "node_types": ["input", "hidden", "output"],
-                    "store": str(store),
-                    "seed": seed,
-                    "source_index": chosen,
-                },
-            )
+        sink = _embeddings(out, session, traj, store, seed) if embeddings else None
         progress = Progress(total=len(chosen), desc="analyze", unit="snap", enabled=not quiet)
         done, interrupted = 0, False
         try:
-            for i, t in enumerate(chosen):
-                session.process(t, all_steps[t], traj[t], _metrics_at(traj, t))
+            for snap in source.take():
+                session.process(snap.index, snap.step, snap.state, snap.metrics)
                 if sink is not None:
-                    sink.write(i, all_steps[t], session.online.z)
-                done = i + 1
-                progress.update(done)
+                    sink.append(snap.step, session.online.z, snap.index)
+                done += 1
+                progress.update(done + len(source.skipped))
         except KeyboardInterrupt:
             interrupted = True
         finally:
             progress.close()
-            if sink is not None:
-                sink.close()
             session.close_writer()
-        summary: dict[str, Any] = {"store": str(store), "probes": probes_from}
+        for _, note in source.skipped:
+            _say(quiet, f"hyperlapse analyze: {note}")
+        summary: dict[str, Any] = {"store": str(store), "probes": probes_from, **notes}
         summary["snapshots analysed"] = (
             f"{done} of {len(traj)}" + (f" (stride {stride})" if stride > 1 else "")
             + (f" (steps {step_range[0]}:{step_range[1]})" if step_range != (None, None) else "")
         )
+        if source.skipped:
+            summary["skipped (non-finite)"] = _skipped_text(source)
         if interrupted:
             summary["interrupted"] = f"yes: Ctrl-C after {done} of {len(chosen)} snapshots"
         html = session.finish(summary)
     return {
         "snapshots": done,
         "selected": len(chosen),
+        "skipped": [note for _, note in source.skipped],
         "reports": str(out / "reports.jsonl"),
         "embeddings": str(out / "embeddings.zarr") if embeddings else None,
         "html": None if html is None else str(html),
         "seconds_per_snapshot": session.seconds / max(done, 1),
         "interrupted": interrupted,
+        "still_being_written": "still being written" in notes,
     }
+
+
+def _skipped_text(source: StoreSnapshots) -> str:
+    first = source.skipped[0][1]
+    more = len(source.skipped) - 1
+    return f"{len(source.skipped)} snapshots; {first}" + (f" (and {more} more)" if more else "")
+
+
+def _embeddings(out: Path, session: ReportSession, traj: Any, store: Any,
+                seed: int) -> EmbeddingsWriter:
+    online = session.online
+    return EmbeddingsWriter(
+        out / "embeddings.zarr",
+        online.node_table(),
+        {
+            "d": online.config.d,
+            "manifold": online.config.manifold,
+            "c": online.curvature,
+            "architecture": traj.architecture,
+            "node_types": ["input", "hidden", "output"],
+            "store": str(store),
+            "seed": seed,
+        },
+    )
 
 
 def _with_probes(
@@ -393,7 +311,7 @@ def _with_probes(
         online["probes"] = stored.to(torch.float64)
         return online, f"{stored.shape[0]} inputs stored with the run (recorder probes=)"
     if probes is None:
-        return online, _probes_note(online, None)
+        return online, _probes_note(online, None, int(architecture["widths"][0]))
     in_features = int(architecture["widths"][0])
     if isinstance(probes, (str, Path)):
         tensor = load_probes(probes, in_features)
@@ -403,35 +321,6 @@ def _with_probes(
         note = f"{tensor.shape[0]} inputs given by the caller"
     online["probes"] = tensor
     return online, note
-
-
-def _wait_for_store(store: str | Path, timeout_s: float | None, poll_s: float, quiet: bool):
-    """Open ``store``, waiting for it to appear when it does not exist yet."""
-    from ..store.format import store_exists
-
-    start = time.monotonic()
-    if store_exists(store):
-        try:
-            return _open(store)
-        except StoreNotReadyError:  # being created: wait below
-            pass
-    _say(quiet, f"hyperlapse watch: waiting for '{store}' to appear"
-                + (f" (up to {timeout_s:g} s)" if timeout_s is not None else " (Ctrl-C to stop)"))
-    last: StoreError | None = None
-    while True:
-        if store_exists(store):
-            try:
-                return _open(store)
-            except StoreError as exc:  # being created: attrs or arrays may not be there yet
-                last = exc
-        if timeout_s is not None and time.monotonic() - start > timeout_s:
-            if last is not None:
-                raise last
-            raise NotAStoreError(
-                f"Waited {timeout_s:g} s for a trajectory store at '{store}', but none appeared. "
-                f"Start the recorder first, check the path, or raise --timeout."
-            )
-        time.sleep(poll_s)
 
 
 def watch_store(
@@ -470,54 +359,53 @@ def watch_store(
     if poll_s <= 0:
         raise ConfigError(f"Expected poll_s > 0 seconds, got {poll_s}.")
     _check_count("stride", stride)
-    start = time.monotonic()
-    traj = _wait_for_store(store, timeout_s, poll_s, quiet)
+    traj = wait_for_store(store, timeout_s, poll_s, lambda line: _say(quiet, line))
     online, probes_from = _with_probes(online, probes, traj.architecture, traj.probes)
     out = Path(out)
     name = Path(str(store)).name
-    done = 0  # next committed index to consider
+    source = StoreSnapshots(traj, stride=stride)
     processed = 0
-    interrupted = timed_out = closed = False
+    interrupted = False
     with torch_threads(threads) as nthreads:
         _say(quiet, f"hyperlapse watch: following {name} (widths "
                     f"{traj.architecture['widths']}), torch threads: {nthreads}")
+        notes = run_notes(traj)
+        notes.pop("still being written", None)  # that is what watch is for
+        for line in notes.values():
+            _say(quiet, f"hyperlapse watch: {line}")
         session = ReportSession(out, traj.architecture, quiet=quiet, plots=plots, seed=seed,
                                 encoder=encoder, title=f"hyperlapse watch: {name}", **online)
+        # no total (hence no ETA) while the run grows: its length is not known until it closes
         progress = Progress(desc="watch", unit="snap", enabled=not quiet)
+
+        def show(src: StoreSnapshots) -> None:
+            lag = src.committed - src.next_index
+            progress.update(src.next_index, total=src.committed if src.closed else None, lag=lag)
+
         try:
-            while True:
-                traj.refresh()
-                closed = bool(traj.attrs.get("closed"))
-                while done < len(traj):
-                    if done % stride == 0:
-                        t = done
-                        session.process(t, int(traj.steps[t]), traj[t], _metrics_at(traj, t))
-                        processed += 1
-                    done += 1
-                    progress.update(done, total=len(traj), lag=len(traj) - done)
-                if closed:
-                    traj.refresh()  # snapshots committed while we were closing?
-                    if done >= len(traj):
-                        break
-                    continue
-                if timeout_s is not None and time.monotonic() - start > timeout_s:
-                    timed_out = True
-                    break
-                time.sleep(poll_s)
+            for snap in source.follow(poll_s=poll_s, timeout_s=timeout_s, on_poll=show):
+                session.process(snap.index, snap.step, snap.state, snap.metrics)
+                processed += 1
+                show(source)
         except KeyboardInterrupt:
             interrupted = True
         finally:
             progress.close()
             session.close_writer()
+        for _, note in source.skipped:
+            _say(quiet, f"hyperlapse watch: {note}")
         # read after the last snapshot was processed: the writer may have closed meanwhile
         with contextlib.suppress(Exception):
-            traj.refresh()
-            closed = bool(traj.attrs.get("closed"))
+            source.refresh()
+        closed = source.closed
         summary: dict[str, Any] = {"store": str(store), "writer closed": closed,
-                                   "probes": probes_from}
+                                   "probes": probes_from, **notes}
+        if source.skipped:
+            summary["skipped (non-finite)"] = _skipped_text(source)
         if interrupted:
             summary["interrupted"] = f"yes: Ctrl-C after {processed} snapshots"
         html = session.finish(summary)
+    timed_out = bool(getattr(source, "timed_out", False))
     return {
         "snapshots": processed,
         "reports": str(out / "reports.jsonl"),
@@ -525,4 +413,5 @@ def watch_store(
         "closed": closed,
         "interrupted": interrupted,
         "timed_out": timed_out,
+        "skipped": [note for _, note in source.skipped],
     }

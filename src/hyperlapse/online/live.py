@@ -3,7 +3,7 @@
 ``TrajectoryRecorder(path, model, report=LiveReport(out_dir, model=model))`` calls
 :meth:`LiveReport.on_snapshot` on its listener thread. ``on_snapshot`` only queues the snapshot
 (at most ``max_pending``) and returns; a worker thread of the LiveReport encodes each snapshot
-with an :class:`~hyperlapse.online.encoder.OnlineEncoder` and appends its report (flushed) to
+with an :class:`~hyperlapse.online.analyzer.OnlineEncoder` and appends its report (flushed) to
 ``out_dir/reports.jsonl``. Training never waits for the encoding. :meth:`LiveReport.close`
 (called by ``recorder.close()``) lets the worker finish the queued snapshots, then draws the
 plots and ``out_dir/report.html``.
@@ -19,7 +19,6 @@ closes). Only a LiveReport fed by hand (no store) drops and counts in
 from __future__ import annotations
 
 import collections
-import math
 import sys
 import threading
 import time
@@ -32,8 +31,9 @@ from torch import Tensor, nn
 from ..arch import describe_mlp
 from ..errors import ArchitectureError, ConfigError
 from ..report.schema import Report
-from ..store.reader import Trajectory, open_trajectory
+from ..store.reader import open_trajectory
 from .session import ReportSession
+from .sources import StoreSnapshots, nonfinite, snapshot
 
 __all__ = ["LiveReport", "architecture_from_state"]
 
@@ -107,7 +107,7 @@ class LiveReport:
         catch_up: read snapshots that were not handed over back from the store (default), so
             none is missed; ``recorder.close()`` then waits until every snapshot is encoded.
             ``False``: drop and count them in :attr:`dropped` instead (bounded wait at close).
-        **online: passed to :class:`~hyperlapse.online.encoder.OnlineEncoder` (``seed``,
+        **online: passed to :class:`~hyperlapse.online.analyzer.OnlineEncoder` (``seed``,
             ``encoder``, ``probes``, ``refine_steps``, ``geometry_every``, ...).
 
     Example:
@@ -166,7 +166,10 @@ class LiveReport:
         self.from_store = 0
         self._store: str | None = None
         self._next: int | None = None  # index of the next snapshot to report (with a store)
-        self._traj: Trajectory | None = None
+        self._source: StoreSnapshots | None = None
+        #: Notes on snapshots left out because a parameter was not finite.
+        self.skipped: list[str] = []
+        self._skipped_handed: list[str] = []
         self.error: BaseException | None = None
         self.max_pending = max_pending
         self.catch_up = bool(catch_up)
@@ -255,22 +258,23 @@ class LiveReport:
         waited_since = time.monotonic()
         while upto is None or self._next < upto:
             try:
-                if self._traj is None:
-                    self._traj = open_trajectory(self._store)  # type: ignore[arg-type]
+                if self._source is None:
+                    self._source = StoreSnapshots(open_trajectory(self._store))  # type: ignore[arg-type]
                 else:
-                    self._traj.refresh()
+                    self._source.refresh()
             except Exception:  # noqa: BLE001 - the store cannot give them back: count them
                 self._give_up(upto)
                 return
-            traj = self._traj
-            if self._next >= len(traj):
+            src = self._source
+            src.next_index = self._next  # handed-over snapshots moved it on
+            if self._next >= src.committed:
                 if upto is None:
                     return
                 # not committed yet: the recorder commits at least every flush interval and at
                 # close; give up only if it closed (or stalls for minutes) without it
                 if (
                     self._closed
-                    or traj.attrs.get("closed")
+                    or src.closed
                     or (time.monotonic() - waited_since > _CATCH_UP_STALL_S)
                 ):
                     self._give_up(upto)
@@ -278,28 +282,37 @@ class LiveReport:
                 time.sleep(_CATCH_UP_POLL_S)
                 continue
             waited_since = time.monotonic()
-            end = len(traj) if upto is None else min(upto, len(traj))
-            for i in range(self._next, end):
-                metrics = {
-                    name: float(values[i])
-                    for name, values in traj.metrics.items()
-                    if not math.isnan(values[i])
-                }
-                self._process(i, int(traj.steps[i]), traj[i], metrics)
+            for snap in src.take(stop=upto):
+                self._session_for(snap.state).process(
+                    snap.index, snap.step, snap.state, snap.metrics
+                )
                 self.from_store += 1
-                self._next = i + 1
+            self._next = src.next_index
+            self.skipped = [note for _, note in src.skipped] + self._skipped_handed
 
     def _give_up(self, upto: int | None) -> None:
         if upto is not None and self._next is not None and upto > self._next:
             self.dropped += upto - self._next
             self._next = upto
 
-    def _process(self, index, step, state, metrics) -> None:
+    def _session_for(self, state: Mapping[str, Tensor]) -> ReportSession:
         if self._session is None:
             self._session = ReportSession(
                 self.out_dir, architecture_from_state(state), **self._kwargs
             )
-        self._session.process(index, step, state, metrics)
+        return self._session
+
+    def _process(self, index, step, state, metrics) -> None:
+        """A handed-over snapshot, cleaned as a store's would be (:mod:`.sources`)."""
+        bad = nonfinite(state)
+        if bad:
+            self._skipped_handed.append(
+                f"snapshot {index} (step {step}) skipped: non-finite values in {', '.join(bad[:3])}"
+            )
+            self.skipped.append(self._skipped_handed[-1])
+            return
+        snap = snapshot(index, step, state, metrics)
+        self._session_for(state).process(snap.index, snap.step, snap.state, snap.metrics)
 
     def _work(self) -> None:
         try:

@@ -6,6 +6,7 @@ and at the end the plots and ``report.html``. Shared by :class:`~hyperlapse.onli
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,10 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..progress import write as write_above_progress
 from ..report.jsonl import ReportWriter
 from ..report.schema import Report
-from .encoder import OnlineEncoder
+from .analyzer import OnlineEncoder
 
 __all__ = ["ReportSession", "summary_line", "auto_geometry_every"]
 
@@ -35,31 +37,51 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _vs(scores: dict, key: str, baseline: str, label: str, spec: str = ".3f") -> str:
+    """'label model/baseline' (a score is never printed without its baseline)."""
+    base = ((scores.get("baselines") or {}).get(baseline) or {}).get(key)
+    if scores.get(key) is None or base is None:
+        return f"{label} -"
+    return f"{label} {format(scores[key], spec)}/{format(base, spec)}"
+
+
 def summary_line(report: Report) -> str:
-    """The one-line terminal summary of a report.
+    """The one-line terminal summary of a report. Each forecast score is printed as
+    ``model/baseline`` on the same candidates (persistence for links and new links, copying
+    the signs for sign accuracy); drift is the node-weighted mean between snapshots, with its
+    noise floor when measured.
 
     Example:
         >>> summary_line({"index": 3, "step": 30, "metrics": {"loss": 0.5}, "layers": [
-        ...     {"type": "hidden", "radius_mean": 1.0, "drift_mean": 0.1, "width": 4}],
-        ...     "scores": {"link_auc": 0.9, "new_link_auc": None, "sign_acc": 0.8},
+        ...     {"type": "hidden", "radius_mean": 1.0, "drift_mean": 0.1, "drift_noise": 0.04,
+        ...      "width": 4}],
+        ...     "scores": {"link_auc": 0.9, "new_link_ap": None, "sign_acc": 0.8, "baselines":
+        ...                {"persistence": {"link_auc": 0.95, "sign_acc": 0.97}}},
         ...     "hubs": {"turnover": 1}, "timing": {"total": 0.05}})
-        '#3    step 30     loss 0.5     radius 1.000  drift 0.1000  link AUC 0.900  new -  sign 0.800  central +1  50 ms'
+        '#3    step 30     loss 0.5     radius 1.000  drift 0.1000 (floor 0.0400)  link AUC 0.900/0.950  new-link AP -  sign acc 0.800/0.970  central +1  50 ms'
     """  # noqa: E501
     metrics = report.get("metrics") or {}
     loss = next((metrics[k] for k in ("loss", "train_loss") if metrics.get(k) is not None), None)
     hidden = [layer for layer in report["layers"] if layer["type"] == "hidden"] or report["layers"]
     width = sum(layer["width"] for layer in hidden)
     radius = sum(layer["radius_mean"] * layer["width"] for layer in hidden) / width
-    drifts = [layer["drift_mean"] for layer in hidden]
-    drift = None if None in drifts else sum(
-        d * layer["width"] for d, layer in zip(drifts, hidden, strict=True)
-    ) / width
+
+    def mean(key: str) -> float | None:
+        values = [layer.get(key) for layer in hidden]
+        if None in values:
+            return None
+        return sum(v * layer["width"] for v, layer in zip(values, hidden, strict=True)) / width
+
+    drift, noise = mean("drift_mean"), mean("drift_noise")
+    drift_text = _fmt(drift, ".4f") + ("" if noise is None or drift is None
+                                       else f" (floor {noise:.4f})")
     s = report["scores"]
     turnover = report["hubs"].get("turnover")
     return (
         f"#{report['index']:<4d} step {report['step']:<6d} loss {_fmt(loss, '<7.4g')} "
-        f"radius {radius:.3f}  drift {_fmt(drift, '.4f')}  link AUC {_fmt(s.get('link_auc'))}  "
-        f"new {_fmt(s.get('new_link_auc'), '<5.3f')}  sign {_fmt(s.get('sign_acc'))}  "
+        f"radius {radius:.3f}  drift {drift_text}  {_vs(s, 'link_auc', 'persistence', 'link AUC')}"
+        f"  {_vs(s, 'new_link_ap', 'persistence', 'new-link AP')}  "
+        f"{_vs(s, 'sign_acc', 'persistence', 'sign acc')}  "
         f"central {'+' + str(turnover) if turnover is not None else '-'}  "
         f"{1000 * report['timing']['total']:.0f} ms"
     )
@@ -77,7 +99,8 @@ class ReportSession:
         volume_layer: hidden layer of the volume-element maps (default: the last hidden one).
         volume_grid: points per side of the volume-element maps.
         title: of the HTML page.
-        **online: arguments of :class:`~hyperlapse.online.encoder.OnlineEncoder`.
+        append: keep an existing ``reports.jsonl`` (a restart: see :meth:`load_state`).
+        **online: arguments of :class:`~hyperlapse.online.analyzer.OnlineEncoder`.
     """
 
     def __init__(
@@ -93,6 +116,7 @@ class ReportSession:
         title: str = "hyperlapse report",
         total: int | None = None,
         volume_grid: int = 64,
+        append: bool = False,
         **online: Any,
     ) -> None:
         self.out = Path(out)
@@ -104,7 +128,7 @@ class ReportSession:
 
             online["geometry_k"] = default_top_k(widths[0])
         if online.get("probes") is None and widths[0] > 2 and online["geometry_every"]:
-            from .encoder import default_probes
+            from .analyzer import default_probes
 
             online["probes"] = default_probes(widths[0], num=64, seed=online.get("seed", 0))
         if points is not None and online.get("data_probes") is None:
@@ -123,7 +147,7 @@ class ReportSession:
         self.disk_hubs: dict[int, list[int]] = {}
         self.first_state: dict[str, Tensor] | None = None
         self.last_state: dict[str, Tensor] | None = None
-        self.writer = ReportWriter(self.out / "reports.jsonl")
+        self.writer = ReportWriter(self.out / "reports.jsonl", append=append)
         self.seconds = 0.0
         self.html: Path | None = None
 
@@ -158,6 +182,50 @@ class ReportSession:
             write_above_progress(line)
         return report
 
+    # ----------------------------------------------------------------------------- restart
+    def state(self) -> dict[str, Any]:
+        """What :meth:`load_state` needs to continue this session in a new process (the
+        analyzer itself included); the reports are re-read from ``reports.jsonl``."""
+        return {
+            "online": self.online,
+            "disk": self.disk,
+            "disk_hubs": self.disk_hubs,
+            "first_state": self.first_state,
+            "last_state": self.last_state,
+            "last": getattr(self, "_last", None),
+            "seconds": self.seconds,
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state` of an earlier session on the same run and options."""
+        self.online = state["online"]
+        self.disk, self.disk_hubs = dict(state["disk"]), dict(state["disk_hubs"])
+        self.first_state, self.last_state = state["first_state"], state["last_state"]
+        if state["last"] is not None:
+            self._last = state["last"]
+        self.seconds = float(state["seconds"])
+
+    def truncate_reports(self, count: int) -> None:
+        """Keep the first ``count`` reports of ``reports.jsonl`` (a restart: rows written
+        after the checkpoint are analysed again), and hold them in :attr:`reports`."""
+        from ..report.jsonl import read_reports
+
+        path = self.out / "reports.jsonl"
+        self.writer.close()
+        kept = read_reports(path, check=False)[:count] if path.is_file() else []
+        if len(kept) < count:
+            raise ConfigError(
+                f"Expected {count} reports in '{path}' to continue the analysis, found "
+                f"{len(kept)}. Delete '{self.out}' to analyse the run from the start."
+            )
+        tmp = path.with_name(path.name + ".partial")
+        with ReportWriter(tmp) as writer:  # then renamed: a crash here keeps the old file
+            for report in kept:
+                writer.write(report)
+        os.replace(tmp, path)
+        self.writer = ReportWriter(path, append=True)
+        self.reports = kept
+
     def close_writer(self) -> None:
         self.writer.close()
 
@@ -176,27 +244,33 @@ class ReportSession:
         captions["Hyperbolic radius per layer"] = (
             "Measures: mean distance to the origin of the Poincare ball per layer (band: one "
             "std); smaller = more central in the embedding. Good: layers separate and settle as "
-            "training converges. Baseline: none; on digits the radius of a hidden neuron tracks "
-            "its weight norm (Spearman -0.65) and carries no information about its importance "
-            "beyond that (partial Spearman -0.01, docs/reports.md): read it as a norm proxy."
+            "training converges. Baseline: none. Whether the radius says more than a neuron's "
+            "weight norm is measured on this run where ablations are computed: the summary's "
+            "Spearman(radius, importance) and its partial value given the weight norms (near 0: "
+            "read the radius as a norm proxy)."
         )
         if len(self.reports) > 1:
             images["Drift"] = P.plot_drift(self.reports, out / "drift.png")
             captions["Drift"] = (
-                "Measures: how far neurons moved in the embedding per optimizer step (mean per "
-                "layer, drift since the previous snapshot divided by the steps between them). "
-                "Good: large early, small once training settles. Compared with: the noise floor "
-                "(dashed), the drift the pipeline shows when the weights do not change at all; "
-                "drift near or below it is jitter of the embedding, not change in the network."
+                "Measures: how far neurons moved in the embedding between snapshots, beyond the "
+                "noise floor (the drift the pipeline shows when the weights do not change, "
+                "measured on this run at its recording interval), per optimizer step: "
+                "sqrt(drift^2 - floor^2) / steps. Intervals whose drift is under the floor are "
+                "hollow markers at the bottom: jitter of the embedding, not change in the "
+                "network. Good: large early, small once training settles. Compare runs recorded "
+                "at the same interval only: the displacement between snapshots grows slower "
+                "than the steps between them (10x the interval gave 2.3x the drift above the "
+                "floor on a synthetic run, docs/reports.md), so a run recorded every 2 steps "
+                "reads about 4x faster per step than the same run recorded every 20."
             )
             images["Prediction scores"] = P.plot_scores(self.reports, out / "scores.png")
             captions["Prediction scores"] = (
                 "Measures: average precision of forecasting snapshot t's new links (left) and "
-                "sign flips (right) from the state at t-1, held out (rare events: the dotted base "
-                "rate is what a random ranking scores). Good: the model's solid line above the "
-                "dashed line, the strongest of the persistence, extrapolation, EdgeBank and "
-                "logistic baselines on the same candidates at that snapshot; an untrained "
-                "change-aware decoder equals the extrapolation baseline."
+                "sign flips (right) from the state at t-1, held out, each beside its baseline "
+                "on the same candidates (dashed: persistence for new links, the normalised "
+                "extrapolation for sign flips) and the base rate (dotted: a random ranking). "
+                "Good: the solid line above the dashed one. The table 'Forecasts beside their "
+                "baselines' gives every score with its baseline."
             )
         step, z, hubs = self._last
         disk = dict(self.disk)
@@ -221,12 +295,28 @@ class ReportSession:
             captions["Input-space volume element"] = (
                 f"Measures: log sqrt(det g) of hidden layer {self.volume_layer}'s pullback "
                 f"metric over the input plane (how much the layer stretches input space), "
-                f"decision boundary in cyan, at the first and the last snapshot. Good: a bright "
-                f"band along the boundary after training. Baseline: the first snapshot. The "
-                f"effect is clear on a grid but weak on held-out data points (docs/reports.md); "
-                f"the summary table gives both when data probes are known."
+                f"decision boundary in cyan, at the first and the last snapshot, on one shared "
+                f"colour scale. Good: a bright band along the boundary after training. Baseline: "
+                f"the first snapshot. The summary gives this run's correlation of the volume "
+                f"with boundary closeness on the probes (and on the data points when given)."
             )
         rows = {"output folder": str(out), "encoder": self.online.mode}
+        if self.online.data_probes is not None:
+            rows["data probes"] = (
+                f"{self.online.data_probes.shape[0]} points given (points=): geometry and "
+                f"neuron importance also measured on them"
+            )
+        if not self.online.activations_known:
+            rows["activations"] = (
+                "activations unknown: input-space geometry and neuron ablations skipped"
+            )
+        steps = [r["step"] for r in self.reports]
+        gaps = sorted(b - a for a, b in zip(steps[:-1], steps[1:], strict=True))
+        if gaps:
+            rows["recording interval"] = (
+                f"{gaps[len(gaps) // 2]} optimizer steps between snapshots (median); drift per "
+                f"step compares only between runs recorded at the same interval"
+            )
         rows.update(summary or {})
         rows["online seconds / snapshot"] = self.seconds / len(self.reports)
         self.html = render_html(

@@ -50,6 +50,14 @@ def summarise_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
     for key in keys:
         row[f"mean_{key}"] = _mean([r.get("scores", {}).get(key) for r in reports])
+    # each score's baseline on the same candidates and snapshots, beside it
+    from ..report.summary import score_table
+
+    for entry in score_table(reports):
+        row[f"mean_{entry['key']}_baseline"] = entry["baseline"]
+    for i in range(len(last.get("layers", []))):
+        rates = [r["layers"][i].get("drift_rate") for r in reports if len(r["layers"]) > i]
+        row[f"drift_rate_l{i}"] = _mean(rates)
     return row
 
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .metrics import structure_change
+from .summary import fastest_phases, score_table, structure_change
 
 __all__ = ["render_html", "fastest_phases"]
 
@@ -23,21 +23,19 @@ td:first-child,th:first-child{text-align:left} img{max-width:100%;display:block;
 """
 
 
+_PROBES = {
+    "grid": "grid probes",
+    "random": "Gaussian-noise probes",
+    "given": "given probes",
+}
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
     return html.escape(str(value))
-
-
-def fastest_phases(reports: Sequence[Mapping[str, Any]], top: int = 5) -> list[dict[str, Any]]:
-    """The ``top`` intervals between snapshots with the highest drift per optimizer step,
-    in step order.
-    """
-    change = [c for c in structure_change(reports) if c["rate"] is not None]
-    best = sorted(change, key=lambda c: -c["rate"])[:top]
-    return sorted(best, key=lambda c: c["step_from"])
 
 
 def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
@@ -75,28 +73,11 @@ def render_html(
         rows.setdefault("steps", f"{first['step']} .. {last['step']}")
         for key, value in last.get("metrics", {}).items():
             rows.setdefault(f"last {key}", value)
-        for key in ("link_auc", "new_link_auc", "sign_acc"):
-            values = [r["scores"].get(key) for r in reports if r["scores"].get(key) is not None]
-            if values:
-                rows.setdefault(f"mean {key} (t from t-1)", sum(values) / len(values))
-        for key, label in (("new_link_ap", "new links"), ("sign_flip_ap", "sign flips")):
-            model = [r["scores"].get(key) for r in reports if r["scores"].get(key) is not None]
-            best = [
-                max(v[key] for v in r["scores"]["baselines"].values() if v.get(key) is not None)
-                for r in reports
-                if r["scores"].get("baselines")
-                and any(v.get(key) is not None for v in r["scores"]["baselines"].values())
-            ]
-            if model:
-                rows.setdefault(f"mean AP {label} (t from t-1): model", sum(model) / len(model))
-            if best:
-                rows.setdefault(
-                    f"mean AP {label} (t from t-1): strongest baseline", sum(best) / len(best)
-                )
         geo = last.get("geometry") or {}
         for name, part in (("probes", geo), ("data", geo.get("data") or {})):
             for layer, stats in (part.get("layers") or {}).items():
-                kind = geo.get("probes", "probes") if name == "probes" else "held-out data"
+                kind = _PROBES.get(geo.get("probes"), "probes") if name == "probes" else (
+                    "data probes")
                 rows.setdefault(
                     f"layer {layer}: volume vs boundary closeness (Spearman, {kind})",
                     stats.get("spearman_closeness"),
@@ -123,25 +104,61 @@ def render_html(
             f"src=\"data:image/png;base64,{data}\"><figcaption>{html.escape(caption)}"
             f"</figcaption></figure>"
         )
-    phases = fastest_phases(reports)
-    phase_html = _table(
-        phases,
+    scores = score_table(reports)
+    score_html = _table(
+        scores,
         [
-            ("step_from", "from step"),
-            ("step_to", "to step"),
-            ("rate", "drift / step"),
-            ("drift", "mean drift"),
-            ("sign_flips", "sign flips"),
-            ("hub_turnover", "central-neuron turnover"),
-            ("link_auc", "link AUC"),
+            ("label", "forecast of t from t-1"),
+            ("model", "model"),
+            ("baseline", "its baseline"),
+            ("baseline_name", "baseline"),
+            ("strongest", "strongest baseline"),
+            ("snapshots", "snapshots"),
         ],
-    ) if phases else "<p class=muted>Fewer than two snapshots: no phases yet.</p>"
+    ) + (
+        "<p class=muted>Means over the snapshots where the score and its baseline are both "
+        "defined, on the same candidate edges. A model is worth reading where it beats the "
+        "baseline; between snapshots a few steps apart, copying the past is hard to beat.</p>"
+    ) if scores else "<p class=muted>No forecast with a baseline yet (two snapshots needed)."\
+        "</p>"
+    phases = fastest_phases(reports)
+    change = structure_change(reports)
+    if phases:
+        phase_html = _table(
+            phases,
+            [
+                ("step_from", "from step"),
+                ("step_to", "to step"),
+                ("rate", "drift above noise / step"),
+                ("drift", "mean drift"),
+                ("noise", "noise floor"),
+                ("sign_flips", "sign flips"),
+                ("hub_turnover", "central-neuron turnover"),
+            ],
+        ) + (
+            "<p class=muted>Only intervals whose drift exceeds the noise floor (the drift of an "
+            "unchanged snapshot). Rate: sqrt(drift^2 - floor^2) / optimizer steps; compare it "
+            "between runs recorded at the same interval.</p>"
+        )
+    elif not change:
+        phase_html = "<p class=muted>Fewer than two snapshots: no phases yet.</p>"
+    elif all(c["noisy"] is None for c in change):
+        phase_html = (
+            "<p class=muted>No noise floor was measured (noise_every=0): drift alone cannot tell "
+            "change in the network from jitter of the embedding, so no phase is named.</p>"
+        )
+    else:
+        phase_html = (
+            "<p class=muted>No interval's drift exceeds its noise floor: the embedding did not "
+            "move more than it jitters on an unchanged snapshot.</p>"
+        )
     page = (
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}"
         f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
         f"<p class=muted>Structure of an MLP's training, embedded in hyperbolic space "
         f"(report schema v{reports[0]['version'] if reports else '-'}).</p>"
         f"<h2>Summary</h2>{summary_html}"
+        f"<h2>Forecasts beside their baselines</h2>{score_html}"
         f"<h2>Phases where structure changed fastest</h2>{phase_html}"
         f"{''.join(figures)}</body></html>"
     )

@@ -174,35 +174,8 @@ def hub_neurons(
 
 
 def structure_change(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rate of structural change between consecutive reports, for the "phases" table.
+    """Rate of structural change between consecutive reports, against the noise floor: see
+    :func:`hyperlapse.report.summary.structure_change` (kept here for scripts that import it)."""
+    from .summary import structure_change as change
 
-    The rate of interval ``(t-1, t]`` is the node-weighted mean drift of snapshot ``t`` divided
-    by the optimizer steps between the two snapshots (hyperbolic distance per step).
-
-    Returns:
-        one dict per interval: ``{"index", "step_from", "step_to", "drift", "rate",
-        "sign_flips", "hub_turnover", "link_auc"}``.
-    """
-    out = []
-    for prev, rep in zip(reports[:-1], reports[1:], strict=True):
-        num = den = 0.0
-        for layer in rep["layers"]:
-            if layer["drift_mean"] is not None:
-                num += layer["drift_mean"] * layer["width"]
-                den += layer["width"]
-        drift = num / den if den else None
-        steps = max(rep["step"] - prev["step"], 1)
-        flips = [w["sign_flips"] for w in rep["weights"] if w["sign_flips"] is not None]
-        out.append(
-            {
-                "index": rep["index"],
-                "step_from": prev["step"],
-                "step_to": rep["step"],
-                "drift": drift,
-                "rate": None if drift is None else drift / steps,
-                "sign_flips": sum(flips) if flips else None,
-                "hub_turnover": rep["hubs"].get("turnover"),
-                "link_auc": rep["scores"].get("link_auc"),
-            }
-        )
-    return out
+    return change(reports)

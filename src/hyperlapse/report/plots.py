@@ -6,6 +6,7 @@ it returns the path. matplotlib is an optional dependency (``pip install hyperla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ _DPI = 100
 #: Input layers wider than this are left out of the disk figure and the radius/drift plots:
 #: hundreds of input neurons (a 784-pixel input) would hide the hidden structure.
 MAX_INPUTS_DRAWN = 64
+#: Points drawn per series at most; longer runs are decimated (every k-th snapshot, said in the
+#: title).
+MAX_POINTS = 500
 
 
 def _figure(width: float = 7.0, height: float = 3.6):
@@ -53,6 +57,17 @@ def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
+
+
+def _thin(reports: Sequence[Mapping[str, Any]]) -> tuple[Sequence[Mapping[str, Any]], str]:
+    """At most :data:`MAX_POINTS` reports, evenly spaced, and a note saying so (thousands of
+    snapshots would draw an unreadable line)."""
+    from .summary import decimate
+
+    picks, note = decimate(len(reports), MAX_POINTS)
+    if not note:
+        return reports, ""
+    return [reports[i] for i in picks], f" ({note})"
 
 
 def _series(reports: Sequence[Mapping[str, Any]], get) -> tuple[list[int], list[float]]:
@@ -81,11 +96,11 @@ def _shown_layers(
     return shown, ""
 
 
-def _legend_outside(ax, count: int) -> None:
-    if count > 4:  # many layers: a column beside the plot instead of over the lines
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    else:
-        ax.legend(fontsize=8)
+def _legend_outside(ax, count: int, handles: list | None = None) -> None:
+    """A legend beside the axes, never over the data."""
+    kwargs = {"handles": handles} if handles is not None else {}
+    ax.legend(fontsize=7 if count > 4 else 8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False, **kwargs)
 
 
 def plot_radius(
@@ -97,6 +112,8 @@ def plot_radius(
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     shown, note = _shown_layers(reports, max_inputs)
+    reports, thinned = _thin(reports)
+    note += thinned
     for l in shown:
         layer = reports[0]["layers"][l]
         xs, mean = _series(reports, lambda r, l=l: r["layers"][l]["radius_mean"])
@@ -117,46 +134,69 @@ def plot_drift(
     reports: Sequence[Mapping[str, Any]], path: str | Path, *,
     max_inputs: int | None = MAX_INPUTS_DRAWN,
 ) -> Path:
-    """Mean drift per layer per optimizer step (``drift_mean`` / steps since the previous
-    snapshot, solid) with the drift noise floor on the same scale (dashed, same colour): the
-    drift the pipeline shows when the weights do not change. Log scale."""
+    """Drift per layer above its noise floor, per optimizer step (``drift_rate``:
+    ``sqrt(drift^2 - floor^2) / steps``; compare runs recorded at the same interval); intervals
+    whose drift is under the floor are hollow markers on the bottom edge (noise). Without a
+    measured floor (``noise_every=0``) the raw drift per step is drawn and the title says so.
+    Log scale; long runs decimated (said in the title)."""
+    from matplotlib.lines import Line2D
+
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     shown, note = _shown_layers(reports, max_inputs)
+    has_floor = any(
+        layer.get("drift_noise") is not None for r in reports for layer in r["layers"]
+    )
     steps = [r["step"] for r in reports]
+    from .summary import decimate
+
+    kept, thinned = decimate(len(reports) - 1, MAX_POINTS) if len(reports) > 1 else ([], "")
+    picks = [i + 1 for i in kept]
+    series = []
     for l in shown:
-        layer = reports[0]["layers"][l]
-        xs, ys, ns = [], [], []
-        for i, rep in enumerate(reports):
-            entry = rep["layers"][l]
-            if entry.get("drift_mean") is None or i == 0:
+        xs, ys, under = [], [], []
+        for i in picks:
+            entry = reports[i]["layers"][l]
+            drift, noise = entry.get("drift_mean"), entry.get("drift_noise")
+            if drift is None:
                 continue
             gap = max(steps[i] - steps[i - 1], 1)
-            xs.append(rep["step"])
-            ys.append(entry["drift_mean"] / gap)
-            noise = entry.get("drift_noise")
-            ns.append(None if noise is None else noise / gap)
+            if not has_floor:
+                xs.append(steps[i])
+                ys.append(drift / gap)
+            elif noise is not None and drift <= noise:
+                under.append(steps[i])
+                xs.append(steps[i])
+                ys.append(math.nan)  # breaks the line: no motion drawn through noise
+            elif noise is not None:
+                xs.append(steps[i])
+                ys.append(math.sqrt(drift * drift - noise * noise) / gap)
+        series.append((l, xs, ys, under))
+    positive = [y for _, _, ys, _ in series for y in ys if y > 0]  # NaN > 0 is False
+    bottom = min(positive) / 3 if positive else 1e-6
+    handles = []
+    for l, xs, ys, under in series:
         (line,) = ax.plot(xs, ys, marker="." if len(xs) < 30 else None,
-                          label=_layer_label(layer))
-        floor = [(x, n) for x, n in zip(xs, ns, strict=True) if n is not None]
-        if floor:
-            ax.plot([x for x, _ in floor], [n for _, n in floor], ls="--", lw=0.9,
-                    color=line.get_color())
-    if any(y > 0 for line in ax.get_lines() for y in line.get_ydata()):
+                          label=_layer_label(reports[0]["layers"][l]))
+        handles.append(line)
+        if under:
+            ax.scatter(under, [bottom] * len(under), marker="o", s=16, facecolors="none",
+                       edgecolors=line.get_color(), clip_on=False, zorder=3)
+    if positive:
         ax.set_yscale("log")
-    if any(r["layers"][0].get("drift_noise") is not None for r in reports):
-        from matplotlib.lines import Line2D
-
-        handles, _ = ax.get_legend_handles_labels()
-        handles.append(Line2D([], [], ls="--", color="grey", label="noise floor (dashed)"))
-        ax.legend(handles=handles, fontsize=7 if len(shown) > 4 else 8,
-                  **({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "frameon": False}
-                     if len(shown) > 4 else {}))
-    else:
-        _legend_outside(ax, len(shown))
+        ax.set_ylim(bottom=bottom * 0.8)
+    if has_floor:
+        handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", color="grey",
+                              label="under the noise floor"))
+    _legend_outside(ax, len(handles), handles)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("mean drift per optimizer step")
-    ax.set_title("How far neurons moved, per step, against the noise floor" + note, fontsize=10)
+    if has_floor:
+        ax.set_ylabel("drift above noise per step")
+        title = "How far neurons moved beyond the noise floor, per step"
+    else:
+        ax.set_ylabel("raw drift per step")
+        title = "Raw drift per step (no noise floor measured: may be jitter)"
+    ax.set_title(title + note + (f" ({thinned})" if thinned else ""), fontsize=9)
     return _save(fig, path)
 
 
@@ -164,8 +204,10 @@ def plot_scores(reports: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Held-out forecasts of snapshot t made at t-1: the model's AP on new links and sign flips
     (solid) beside the strongest baseline of each snapshot (dashed) and the base rate (dotted,
     what a random ranking scores), over optimizer steps."""
-    fig = _figure()
+    fig = _figure(7.0, 4.0)
+    reports, thinned = _thin(reports)
     axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+    baseline_of = {"new_link": "persistence", "sign_flip": "extrapolation"}
     for ax, target, label in zip(
         axes, ("new_link", "sign_flip"), ("new links", "sign flips"), strict=True
     ):
@@ -175,15 +217,14 @@ def plot_scores(reports: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
         if xs:
             ax.plot(xs, ys, marker=marker, label="model AP", color="C0")
 
-        def best(r, target=target):
-            base = r["scores"].get("baselines") or {}
-            aps = [v.get(f"{target}_ap") for v in base.values()]
-            aps = [a for a in aps if a is not None]
-            return max(aps) if aps else None
+        def ours(r, target=target):
+            base = (r["scores"].get("baselines") or {}).get(baseline_of[target]) or {}
+            return base.get(f"{target}_ap")
 
-        xs, ys = _series(reports, best)
+        xs, ys = _series(reports, ours)
         if xs:
-            ax.plot(xs, ys, ls="--", marker=marker, label="strongest baseline AP", color="C1")
+            ax.plot(xs, ys, ls="--", marker=marker, color="C1",
+                    label=f"baseline AP ({baseline_of[target]})")
         xs, ys = _series(
             reports, lambda r, target=target: (r["scores"].get("base_rate") or {}).get(target)
         )
@@ -191,9 +232,11 @@ def plot_scores(reports: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
             ax.plot(xs, ys, ls=":", label="base rate (random)", color="grey")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("optimizer step")
-        ax.set_title(f"{label}: AP, t from t-1")
+        ax.set_title(f"{label}: AP, t from t-1" + thinned, fontsize=9)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1,
+                      frameon=False)  # below the axes: never over the lines
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -333,12 +376,18 @@ def plot_volume_maps(
         points, labels: optional data ``[M, 2]`` / ``[M]`` drawn on top.
     """
     fig = _figure(4.2 * len(panels), 3.8)
+    # one colour scale for every panel: the panels are compared with each other
+    finite = [p["log_volume"][torch.isfinite(p["log_volume"])] for p in panels]
+    finite = [f for f in finite if f.numel()]
+    vmin = min(float(f.min()) for f in finite) if finite else None
+    vmax = max(float(f.max()) for f in finite) if finite else None
+    axes, mesh = [], None
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
+        axes.append(ax)
         xs, ys = panel["xs"].numpy(), panel["ys"].numpy()
         lv = panel["log_volume"].numpy()
-        mesh = ax.pcolormesh(xs, ys, lv, shading="auto", cmap="magma")
-        fig.colorbar(mesh, ax=ax, label="log sqrt(det g)")
+        mesh = ax.pcolormesh(xs, ys, lv, shading="auto", cmap="magma", vmin=vmin, vmax=vmax)
         logits = panel["logits"]
         if logits.shape[-1] == 2:
             field, levels = (logits[..., 1] - logits[..., 0]).numpy(), [0.0]
@@ -355,4 +404,10 @@ def plot_volume_maps(
         ax.set_xlabel("input x1")
         ax.set_ylabel("input x2")
         ax.set_aspect("equal")
-    return _save(fig, path)
+    fig.tight_layout()
+    if mesh is not None:
+        fig.colorbar(mesh, ax=axes, label="log sqrt(det g) (shared scale)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

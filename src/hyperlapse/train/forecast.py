@@ -65,6 +65,9 @@ __all__ = [
     "logistic_baseline",
     "forecast_metrics",
     "RunForecasts",
+    "ForecastWindow",
+    "past_origins",
+    "baseline_set",
     "fit_change_decoder",
     "decoder_scores",
     "select_reference",
@@ -418,6 +421,113 @@ def forecast_metrics(
     return out
 
 
+def past_origins(t: int, horizon: int, fit_origins: int = FIT_ORIGINS) -> range:
+    """Origins the logistic baseline at origin ``t`` is fitted on: the (at most)
+    ``fit_origins`` latest ``s >= 1`` whose outcome ``s + horizon`` is observed by ``t``.
+
+    Example:
+        >>> list(past_origins(5, 1)), list(past_origins(1, 1)), list(past_origins(2, 1))
+        ([2, 3, 4], [], [1])
+    """
+    return range(max(1, t - horizon - fit_origins + 1), t - horizon + 1)
+
+
+def baseline_set(
+    features: Tensor, examples: Sequence[tuple[Tensor, ForecastTargets]] = ()
+) -> dict[str, dict[str, Tensor]]:
+    """Every baseline's scores from one origin's features; the logistic one only when fitted
+    on ``examples`` (past origins' features and observed targets, oldest first)."""
+    out = {name: baseline_scores(features, name) for name in BASELINES[:3]}
+    if examples:
+        out["logistic"] = logistic_baseline(features, fit_logistic_targets(list(examples)))
+    return out
+
+
+class ForecastWindow:
+    """The forecasting window of a run followed one snapshot at a time (horizon 1).
+
+    Holds, bounded whatever the run's length, the last :data:`NUM_LAGS` + 1 edge-weight vectors,
+    EdgeBank's memory and the features of the latest origins, and gives at the latest snapshot
+    (the origin) exactly what :class:`RunForecasts` gives at that origin: the same
+    :func:`edge_features`, :func:`forecast_targets` and :func:`baseline_set` (the logistic
+    baseline fitted on :func:`past_origins`). The online analyzer scores its forecasts on it.
+
+    Args:
+        edge_layer: ``[E]`` weight layer of each edge.
+        q: link fraction.
+        fit_origins: as :class:`RunForecasts` (at most :data:`NUM_LAGS`: their outcomes must
+            still be in the window).
+
+    Example:
+        >>> layer = torch.tensor([0, 0, 0, 0])
+        >>> win = ForecastWindow(layer, q=0.5)
+        >>> for w in ([1.0, 0.2, -0.5, 0.1], [0.9, 0.3, -0.4, 0.1], [0.8, 0.5, -0.2, 0.1]):
+        ...     win.push(torch.tensor(w), gap=10)
+        >>> win.origin, sorted(win.baselines()), tuple(win.features().shape)
+        (2, ['edgebank', 'extrapolation', 'logistic', 'persistence'], (4, 10))
+    """
+
+    def __init__(self, edge_layer: Tensor, *, q: float = 0.2, fit_origins: int = FIT_ORIGINS):
+        if not 0 <= fit_origins <= NUM_LAGS:
+            raise ConfigError(
+                f"Expected fit_origins in [0, {NUM_LAGS}] (their outcomes must stay in the "
+                f"window), got {fit_origins!r}."
+            )
+        self.edge_layer = edge_layer
+        self.q, self.fit_origins = q, fit_origins
+        self.weights: list[Tensor] = []  # w_{origin - len + 1} .. w_origin
+        self.memory = EdgeMemory()
+        self.origin = -1
+        self.gap = 1.0
+        self._features: dict[int, Tensor] = {}
+
+    def push(self, edge_weight: Tensor, gap: float | None = None) -> None:
+        """Snapshot ``origin + 1`` arrived (``gap``: optimizer steps since the previous one)."""
+        if self.origin >= 1 and self.fit_origins:
+            self.features()  # a later origin's logistic baseline is fitted on it
+        w = edge_weight.detach().to(torch.float64)
+        self.weights = (self.weights + [w])[-(NUM_LAGS + 1) :]
+        self.memory.update(w, self.edge_layer, self.q)
+        self.origin += 1
+        if gap is not None and self.origin > 0:
+            self.gap = float(max(gap, 1))
+        self._features = {
+            s: f for s, f in self._features.items() if s >= self.origin - self.fit_origins
+        }
+
+    def _w(self, s: int) -> Tensor:
+        return self.weights[s - self.origin - 1]
+
+    def features(self) -> Tensor:
+        """:func:`edge_features` at the origin, horizon 1 (``[E, F]``)."""
+        if self.origin not in self._features:
+            self._features[self.origin] = edge_features(
+                self.weights, self.edge_layer, 1, q=self.q, memory=self.memory, gap=self.gap
+            )
+        return self._features[self.origin]
+
+    def targets(self, edge_weight: Tensor) -> ForecastTargets:
+        """:func:`forecast_targets` from the origin to the snapshot ``edge_weight`` that follows."""
+        return forecast_targets(
+            self.weights[-1], edge_weight.detach().to(torch.float64), self.edge_layer, self.q
+        )
+
+    def baselines(self) -> dict[str, dict[str, Tensor]]:
+        """Every baseline's scores at the origin (the logistic one when past outcomes exist)."""
+        f = self.features()
+        examples = [
+            (self._features[s], forecast_targets(self._w(s), self._w(s + 1), self.edge_layer,
+                                                 self.q))
+            for s in past_origins(self.origin, 1, self.fit_origins)
+            if s in self._features
+        ]
+        return baseline_set(f, examples)
+
+    def state(self) -> list[Tensor]:
+        """The tensors held (for bounded-memory checks)."""
+        return [*self.weights, *self.memory.state(), *self._features.values()]
+
+
 class RunForecasts:
     """Features, targets and baseline scores of one recorded run, for any (origin, horizon).
 
@@ -503,15 +613,11 @@ class RunForecasts:
 
     def baselines(self, t: int, horizon: int) -> dict[str, dict[str, Tensor]]:
         """Every baseline's scores at origin ``t`` (the logistic one when past data exist)."""
-        f = self.features(t, horizon)
-        out = {name: baseline_scores(f, name) for name in BASELINES[:3]}
-        past = [s for s in range(max(1, t - horizon - self.fit_origins + 1), t - horizon + 1)]
-        if past:
-            fitted = fit_logistic_targets(
-                [(self.features(s, horizon), self.targets(s, horizon)) for s in past]
-            )
-            out["logistic"] = logistic_baseline(f, fitted)
-        return out
+        past = past_origins(t, horizon, self.fit_origins)
+        return baseline_set(
+            self.features(t, horizon),
+            [(self.features(s, horizon), self.targets(s, horizon)) for s in past],
+        )
 
 
 def select_reference(

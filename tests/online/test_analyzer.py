@@ -10,7 +10,7 @@ from online_helpers import assert_json_close
 from hyperlapse.errors import ArchitectureError, ConfigError
 from hyperlapse.graph.parameter_graph import ParameterGraph
 from hyperlapse.graph.permute import node_permutation, permute_hidden
-from hyperlapse.online.encoder import OnlineEncoder
+from hyperlapse.online.analyzer import OnlineEncoder
 from hyperlapse.report.metrics import auc_ap
 from hyperlapse.report.schema import SCORE_FIELDS, check_report
 from hyperlapse.train.forecast import (
@@ -272,3 +272,52 @@ def test_drift_noise_floor_is_the_drift_of_an_unchanged_snapshot(small_run):
     gap = steps[1] - steps[0]
     layer = with_floor[1]["layers"][1]
     assert layer["drift_per_step"] == pytest.approx(layer["drift_mean"] / gap)
+
+
+@pytest.mark.parametrize("gap", [1, 20])
+def test_drift_noise_floor_is_measured_at_the_recording_interval(small_run, gap):
+    """The encoder reads the time gap: a floor measured one step apart predicted nothing about
+    snapshots 20 steps apart (it was the drift of another input)."""
+    arch, states, _, _ = small_run
+    online = OnlineEncoder(arch, noise_every=1, **{**KW, "train_encoder": False})
+    reports = [online.update(states[0], gap * t) for t in range(3)]
+    for floor, seen in zip(reports[1]["layers"], reports[2]["layers"], strict=True):
+        assert seen["drift_mean"] == pytest.approx(floor["drift_noise"], rel=1e-6, abs=1e-9)
+
+
+def test_a_reinitialisation_is_above_the_noise_floor():
+    """Recorded every 20 steps, a fresh initialisation mid-run must read as change, not noise
+    (with the floor measured at gap 1 it sat under a floor of 1.08 on this run)."""
+    from torch import nn
+
+    from hyperlapse import describe_mlp
+    from hyperlapse.report.summary import structure_change
+
+    torch.manual_seed(0)
+
+    def make():
+        return nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                             nn.Linear(16, 2))
+
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    X = torch.randn(256, 2)
+    y = (X[:, 0] * X[:, 1] > 0).long()
+    states, steps = [], []
+    for i in range(241):
+        if i % 20 == 0:
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+            steps.append(i)
+        if i == 200:
+            model = make()
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    online = OnlineEncoder(describe_mlp(model), geometry_every=0)
+    reports = [online.update(s, st) for s, st in zip(states, steps, strict=True)]
+    reinit = next(c for c in structure_change(reports) if c["step_to"] == 220)
+    assert reinit["noisy"] is False and reinit["drift"] > 1.5 * reinit["noise"]
+    for layer in reports[steps.index(220)]["layers"]:
+        if layer["type"] == "hidden":
+            assert layer["drift_mean"] > layer["drift_noise"]

@@ -33,28 +33,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..arch import activations_known
 from ..errors import ConfigError
 from ..geometry.ball import dist, dist0
 from ..graph.parameter_graph import NODE_FEATURES, ParameterGraph, mlp_topology
 from ..graph.state import check_architecture
 from ..nn.change_decoder import ChangeDecoder
 from ..nn.encoder import EncoderConfig, TemporalEncoder
-from ..report.metrics import auc_ap, hub_neurons, layer_stats, weight_stats
-from ..report.schema import REPORT_SCHEMA, REPORT_SCHEMA_VERSION, Report, jsonable
-from ..train.forecast import (
-    BASELINES,
-    EDGE_FEATURES,
-    FIT_ORIGINS,
-    NUM_LAGS,
-    TARGETS,
-    EdgeMemory,
-    baseline_scores,
-    edge_features,
-    fit_logistic_targets,
-    forecast_metrics,
-    forecast_targets,
-    logistic_baseline,
-)
+from ..report.metrics import auc_ap
+from ..report.schema import Report
+from ..report.sections import SnapshotContext, build_report
+from ..train.forecast import EDGE_FEATURES, TARGETS, ForecastWindow, forecast_metrics
 from ..train.losses import LossWeights, loss_terms
 from ..train.refine import refine_snapshot
 from ..train.targets import snapshot_targets
@@ -83,6 +72,22 @@ def _float_or_none(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if value == value and abs(value) != float("inf") else None
+
+
+class _Clock:
+    """Seconds spent in each named step of one update."""
+
+    def __init__(self) -> None:
+        self.timing: dict[str, float] = {}
+        self.start = self.tick = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timing[name] = now - self.tick
+        self.tick = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
 
 
 class OnlineEncoder:
@@ -167,6 +172,9 @@ class OnlineEncoder:
                 raise ConfigError(f"Expected {name} to be an int >= {low}, got {value!r}.")
         self.architecture = dict(architecture)
         self.widths = widths
+        #: False when an activation could not be determined at recording: the input-space
+        #: geometry and the ablations are then skipped (never computed as if linear).
+        self.activations_known = activations_known(architecture)
         self.seed = seed
         self._topology = mlp_topology(widths)
         num_identities = self._topology["num_identities"]
@@ -261,12 +269,10 @@ class OnlineEncoder:
         self._prev_links: Tensor | None = None
         self._prev_hubs: list[int] | None = None
         self._prev_step: int | None = None
-        self._gap: float = 1.0
-        # forecasting: the last NUM_LAGS + 1 edge-weight vectors, EdgeBank's memory, and the
-        # features of the previous origin (the logistic baseline's latest observed example)
-        self._weights: list[Tensor] = []
-        self._memory = EdgeMemory()
-        self._past_features: list[Tensor] = []
+        # forecasting: the bounded window of the benchmark's definitions
+        self._window = ForecastWindow(
+            self._topology["edge_layer"], q=self.config.link_q
+        )
         self._prev_importance: Tensor | None = None
 
     @property
@@ -286,8 +292,7 @@ class OnlineEncoder:
         s = self._state
         held = [*s.summaries, *s.kernel_states, *s.history]
         held += [x for x in (s.z, self.z, self._prev_weight, self._prev_links) if x is not None]
-        held += [*self._weights, *self._memory.state()]
-        held += self._past_features
+        held += self._window.state()
         if self._prev_importance is not None:
             held.append(self._prev_importance)
         return held
@@ -304,45 +309,59 @@ class OnlineEncoder:
         metrics: Mapping[str, Any] | None = None,
     ) -> Report:
         """Consume snapshot ``t = self.index`` and return its report (then ``self.z`` is
-        ``z_t`` ``[N, d]``).
+        ``z_t`` ``[N, d]``): graph, score, encode, refine, optional train step, noise floor,
+        then the report's sections (:mod:`hyperlapse.report.sections`).
 
         Args:
             state: the snapshot's parameters by qualified name.
             step: its optimizer step.
             metrics: scalars logged with it (NaN or missing -> None).
         """
-        timing: dict[str, float] = {}
-        tick = time.perf_counter()
-        t0 = tick
+        clock = _Clock()
+        graph, snap, targets, links = self._graph(state)
+        clock.lap("graph")
+        scores = self._score(targets, links, graph)
+        clock.lap("score")
+        gap = None if self._prev_step is None else max(int(step) - self._prev_step, 1)
+        z_enc, new_state = self._encode(snap, gap)
+        clock.lap("encode")
+        z, refine_terms = self._refine(z_enc, targets)
+        clock.lap("refine")
+        train_terms = self._train_step(z_enc, targets)
+        self._state = new_state.detach()
+        clock.lap("train")
+        self._measure_noise(snap, targets, new_state, z, gap)
+        clock.lap("noise")
+        ctx = self._context(state, int(step), metrics, graph, links, z, gap, scores)
+        ctx.encoder["refine"], ctx.encoder["train"] = refine_terms, train_terms
+        report = build_report(ctx, clock.timing)
+        report["timing"]["total"] = clock.total()
+        self._advance(ctx, graph, links, z, int(step))
+        return report
 
-        def lap(name: str) -> None:
-            nonlocal tick
-            now = time.perf_counter()
-            timing[name] = now - tick
-            tick = now
-
-        enc = self.encoder
-        m = enc.manifold
+    # ------------------------------------------------------------------ the pipeline's steps
+    def _graph(self, state: Mapping[str, Tensor]):
+        """The snapshot's parameter graph, its encoder input, its targets and its links."""
         graph = ParameterGraph.from_state_dict(
             dict(state), self.architecture, topology=self._topology
         )
-        snap = enc.prepare(graph)
+        snap = self.encoder.prepare(graph)
         targets = snapshot_targets(snap, q=self.config.link_q)
         links = torch.zeros(snap.edge_weight.numel(), dtype=torch.bool)
         links[targets.edge_ids[targets.link > 0.5]] = True
-        lap("graph")
+        return graph, snap, targets, links
 
-        scores = self._score(targets, links, graph, int(step))
-        lap("score")
+    def _encode(self, snap: Any, gap: int | None):
+        """Advance the recurrent kernels one step and encode the snapshot."""
+        with torch.set_grad_enabled(self._optimizer is not None):
+            return self.encoder.step(
+                snap, self._state, gap=None if gap is None else float(gap)
+            )
 
-        train = self._optimizer is not None
-        with torch.set_grad_enabled(train):
-            gap = None if self._prev_step is None else float(max(int(step) - self._prev_step, 1))
-            z_enc, new_state = enc.step(snap, self._state, gap=gap)
-        lap("encode")
-
-        z, refine_terms = refine_snapshot(
-            enc,
+    def _refine(self, z_enc: Tensor, targets: Any):
+        """A few Riemannian Adam steps on the snapshot's targets, anchored to ``z_{t-1}``."""
+        return refine_snapshot(
+            self.encoder,
             z_enc.detach(),
             targets,
             anchor=self.z,
@@ -350,129 +369,93 @@ class OnlineEncoder:
             lr=self.refine_lr,
             weights=self.loss_weights,
         )
-        lap("refine")
 
-        train_terms = None
-        if train:
-            terms = loss_terms(enc, z_enc, targets, self.z, self.loss_weights)
-            self._optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            self._optimizer.step()
-            self._optimizer.zero_grad(set_to_none=True)
-            train_terms = {k: float(v.detach()) for k, v in terms.items()}
-        self._state = new_state.detach()
-        lap("train")
+    def _train_step(self, z_enc: Tensor, targets: Any) -> dict[str, float] | None:
+        """One Adam step on the encoder's weights (history detached), if training."""
+        if self._optimizer is None:
+            return None
+        terms = loss_terms(self.encoder, z_enc, targets, self.z, self.loss_weights)
+        self._optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self._optimizer.step()
+        self._optimizer.zero_grad(set_to_none=True)
+        return {k: float(v.detach()) for k, v in terms.items()}
 
-        with torch.no_grad():
-            radius = dist0(z, manifold=m)
-            drift = None if self.z is None else dist(z, self.z, manifold=m)
-        node_layer = self._topology["node_layer"]
+    def _measure_noise(
+        self, snap: Any, targets: Any, new_state: Any, z: Tensor, gap: int | None
+    ) -> None:
+        """Re-measure the drift's noise floor when due (every ``noise_every``, and at the
+        second snapshot), at the recording interval just seen (the encoder reads the time gap:
+        a floor measured one step apart does not describe snapshots 20 steps apart)."""
         if self.noise_every and self.z is not None and (
             self._noise is None or self.index % self.noise_every == 0
         ):
-            self._noise = self._noise_floor(snap, targets, new_state, z, node_layer)
-        lap("noise")
-        layers = layer_stats(radius, node_layer, self.widths, drift)
-        gap_now = None if self._prev_step is None else max(int(step) - self._prev_step, 1)
-        for l, entry in enumerate(layers):
-            # drift per optimizer step, and the drift the pipeline shows when the weights do
-            # not change at all: drift below that floor is jitter, not change
-            entry["drift_per_step"] = (
-                None if entry["drift_mean"] is None else entry["drift_mean"] / gap_now
+            self._noise = self._noise_floor(
+                snap, targets, new_state, z, self._topology["node_layer"],
+                gap=float(gap or 1),
             )
-            entry["drift_noise"] = None if self._noise is None else float(self._noise[l])
-        weights = weight_stats(
-            graph.edge_weight,
-            graph.edge_layer,
-            graph.num_layers,
-            self._prev_weight,
-            links,
-            self._prev_links,
-        )
-        hubs = hub_neurons(
-            radius,
-            self._topology["node_type"],
-            node_layer,
-            self._topology["node_index"],
-            self.num_hubs,
-            self._prev_hubs,
-        )
-        lap("report")
 
-        geometry = None
-        if (
-            self.geometry_every
-            and self.probes is not None
-            and (self.index % self.geometry_every == 0)
-        ):
-            from ..geometry.pullback import input_geometry
-
-            geometry = input_geometry(
-                dict(state), self.architecture, self.probes, k=self.geometry_k
-            )
-            geometry["probes"] = self.probe_kind
-            if self.data_probes is not None:
-                geometry["data"] = input_geometry(
-                    dict(state), self.architecture, self.data_probes, k=self.geometry_k
-                )
-        lap("geometry")
-
-        neurons = None
-        if (
-            self.num_hubs
-            and self.importance_probes is not None
-            and (self.index % max(self.geometry_every, 1) == 0)
-        ):
-            from ..report.neurons import neuron_ground_truth, top_turnover
-
-            hidden = self._topology["node_type"] == 1
-            neurons = neuron_ground_truth(
-                dict(state), self.architecture, self.importance_probes, radius[hidden]
-            )
-            imp = torch.tensor(neurons["importance"], dtype=torch.float64)
-            neurons["importance_turnover"] = top_turnover(self._prev_importance, imp, self.num_hubs)
-            neurons["probes"] = "data" if self.data_probes is not None else self.probe_kind
-            self._prev_importance = imp
-        lap("neurons")
-        timing["total"] = time.perf_counter() - t0
-
-        report = {
-            "schema": REPORT_SCHEMA,
-            "version": REPORT_SCHEMA_VERSION,
-            "index": self.index,
-            "step": int(step),
-            "metrics": {str(k): _float_or_none(v) for k, v in (metrics or {}).items()},
-            "layers": layers,
-            "weights": weights,
-            "scores": scores,
-            "hubs": hubs,
-            "geometry": geometry,
-            "neurons": neurons,
-            "encoder": {
+    def _context(self, state, step, metrics, graph, links, z, gap, scores) -> SnapshotContext:
+        """What the report's sections read."""
+        m = self.encoder.manifold
+        with torch.no_grad():
+            radius = dist0(z, manifold=m)
+            drift = None if self.z is None else dist(z, self.z, manifold=m)
+        return SnapshotContext(
+            index=self.index,
+            step=step,
+            metrics={str(k): _float_or_none(v) for k, v in (metrics or {}).items()},
+            state=state,
+            architecture=self.architecture,
+            widths=self.widths,
+            graph=graph,
+            links=links,
+            node_layer=self._topology["node_layer"],
+            node_type=self._topology["node_type"],
+            node_index=self._topology["node_index"],
+            radius=radius,
+            drift=drift,
+            gap=gap,
+            noise=self._noise,
+            scores=scores,
+            previous={
+                "weight": self._prev_weight,
+                "links": self._prev_links,
+                "hubs": self._prev_hubs,
+                "importance": self._prev_importance,
+            },
+            num_hubs=self.num_hubs,
+            probes=self.probes,
+            probe_kind=self.probe_kind,
+            data_probes=self.data_probes,
+            geometry_k=self.geometry_k,
+            geometry_due=bool(self.geometry_every) and self.index % max(self.geometry_every, 1)
+            == 0,
+            activations_known=self.activations_known,
+            encoder={
                 "mode": self.mode,
                 "manifold": self.config.manifold,
                 "c": self.curvature,
                 "d": self.config.d,
-                "refine": refine_terms,
-                "train": train_terms,
             },
-            "timing": timing,
-        }
+        )
+
+    def _advance(self, ctx: SnapshotContext, graph, links: Tensor, z: Tensor, step: int) -> None:
+        """Remember what snapshot ``t + 1`` needs of ``t``."""
         self.z = z.detach()
         self._prev_weight = graph.edge_weight.detach()
         self._prev_links = links
-        self._prev_hubs = hubs["nodes"]
-        w = graph.edge_weight.detach().to(torch.float64)
-        self._memory.update(w, graph.edge_layer, self.config.link_q)
-        self._weights = (self._weights + [w])[-(NUM_LAGS + 1) :]
-        if self._prev_step is not None:
-            self._gap = float(max(int(step) - self._prev_step, 1))
-        self._prev_step = int(step)
+        self._prev_hubs = ctx.remember.get("hubs", self._prev_hubs)
+        if "importance" in ctx.remember:
+            self._prev_importance = ctx.remember["importance"]
+        gap = None if self._prev_step is None else step - self._prev_step
+        self._window.push(graph.edge_weight, gap)
+        self._prev_step = step
         self.index += 1
-        return jsonable(report)
 
     def _noise_floor(
-        self, snap: Any, targets: Any, state: Any, z: Tensor, node_layer: Tensor
+        self, snap: Any, targets: Any, state: Any, z: Tensor, node_layer: Tensor,
+        gap: float = 1.0,
     ) -> Tensor:
         """Per node layer, the mean drift ``d(z', z)`` when the snapshot just encoded arrives
         again unchanged: encode it once more from the advanced state and refine it anchored to
@@ -480,7 +463,7 @@ class OnlineEncoder:
         ``noise_every`` snapshots); the encoder's own state is left untouched."""
         enc = self.encoder
         with torch.no_grad():
-            z_again, _ = enc.step(snap, state, gap=1.0)
+            z_again, _ = enc.step(snap, state, gap=gap)
         z2, _ = refine_snapshot(
             enc,
             z_again.detach(),
@@ -496,11 +479,11 @@ class OnlineEncoder:
         count = torch.bincount(node_layer, minlength=L1).to(torch.float64)
         return torch.bincount(node_layer, weights=d, minlength=L1) / count.clamp_min(1)
 
-    def _score(self, targets, links: Tensor, graph: ParameterGraph, step: int) -> dict[str, Any]:
+    def _score(self, targets, links: Tensor, graph: ParameterGraph) -> dict[str, Any]:
         """Forecasts of snapshot ``t`` from the state at ``t - 1`` (None at ``t = 0``).
 
-        Model and baselines are scored on the same candidates of
-        :func:`hyperlapse.train.forecast.forecast_targets` (horizon 1).
+        Model and baselines are scored on the same candidates, from the one forecasting window
+        (:class:`hyperlapse.train.forecast.ForecastWindow`, the benchmark's definitions).
         """
         out: dict[str, Any] = {f"{n}_{m}": None for n in TARGETS for m in ("auc", "ap")}
         out.update(
@@ -517,23 +500,10 @@ class OnlineEncoder:
         if self.z is None:
             return out
         enc = self.encoder
-        layer = graph.edge_layer
-        w_now = graph.edge_weight.detach().to(torch.float64)
-        f = edge_features(
-            self._weights, layer, 1, q=self.config.link_q, memory=self._memory, gap=self._gap
-        )
-        ft = forecast_targets(self._weights[-1], w_now, layer, self.config.link_q)
-        base = {name: baseline_scores(f, name) for name in BASELINES[:3]}
-        # the logistic baseline is fitted on the FIT_ORIGINS latest origins (>= 1) whose outcome
-        # is observed, exactly as RunForecasts does in the benchmark
-        examples = []
-        for i, f_past in enumerate(reversed(self._past_features), start=1):
-            w_o, w_next = self._weights[-1 - i], self._weights[-i]
-            examples.append((f_past, forecast_targets(w_o, w_next, layer, self.config.link_q)))
-        if examples:
-            base["logistic"] = logistic_baseline(f, fit_logistic_targets(examples[::-1]))
-        if self.index >= 2:  # origin index - 1 >= 1: it has a delta, as in RunForecasts
-            self._past_features = (self._past_features + [f])[-FIT_ORIGINS:]
+        win = self._window
+        f = win.features()
+        ft = win.targets(graph.edge_weight)
+        base = win.baselines()
         reference = torch.stack([base["extrapolation"][n] for n in TARGETS], dim=1)
         with torch.no_grad():
             logits = self.decoder(self.z.to(torch.float64), graph.edge_index, f, reference)
@@ -560,5 +530,11 @@ class OnlineEncoder:
         label = targets.link > 0.5
         if label.any():
             pred = sign_logit[label] > 0
-            out["sign_acc"] = float((pred == (targets.sign[label] > 0.5)).double().mean())
+            now_positive = targets.sign[label] > 0.5
+            out["sign_acc"] = float((pred == now_positive).double().mean())
+            # its baseline: copy each link's sign at t - 1 (signs rarely flip between snapshots)
+            prev = self._prev_weight.to(targets.sign.device)[targets.edge_ids[label]] >= 0
+            out["baselines"]["persistence"]["sign_acc"] = float(
+                (prev == now_positive).double().mean()
+            )
         return out

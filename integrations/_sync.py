@@ -16,32 +16,15 @@ from typing import Any
 import torch
 
 from hyperlapse.errors import ConfigError
-from hyperlapse.record.recorder import TrajectoryRecorder, check_dtype_and_on_full
-from hyperlapse.record.schedule import Schedule, make_schedule
-
-#: Recorder options an adapter passes through unchanged (see TrajectoryRecorder).
-PASSTHROUGH = (
-    "on_full",
-    "buffers",
-    "flush_every_s",
-    "snapshots_per_chunk",
-    "queue_size",
-    "report",
-    "fsync",
-    "compression",
-    "probes",
-    "architecture",
-    "writes",
-)
+from hyperlapse.record.config import RecorderConfig
+from hyperlapse.record.recorder import TrajectoryRecorder
 
 
-def check_config(
-    path: Any, every: Any, schedule: Any, dtype: Any, options: Mapping[str, Any]
-) -> Schedule:
-    """Validate an adapter's recorder configuration when the adapter is built.
-
-    Returns:
-        The schedule object (passed on to the recorder as ``schedule=``).
+def build_config(
+    path: Any, every: Any, config: RecorderConfig | None, options: Mapping[str, Any]
+) -> RecorderConfig:
+    """Validate an adapter's recorder configuration when the adapter is built: the same
+    :class:`~hyperlapse.RecorderConfig` the recorder takes (no option list of its own).
 
     Raises:
         ConfigError: naming the bad argument.
@@ -51,14 +34,9 @@ def check_config(
             f"Expected the store path to be a str or os.PathLike (a local *.zarr path or a URL), "
             f"but got {type(path).__name__} {path!r}."
         )
-    unknown = sorted(set(options) - set(PASSTHROUGH))
-    if unknown:
-        raise ConfigError(
-            f"Expected recorder options among {list(PASSTHROUGH)}, but got unknown {unknown}. "
-            f"Check the spelling (see hyperlapse.TrajectoryRecorder)."
-        )
-    check_dtype_and_on_full(dtype, options.get("on_full", "block"))
-    return make_schedule(every, schedule)
+    if every is not None:
+        options = {**options, "every": every}
+    return RecorderConfig.build(config, **options)
 
 
 def resolve_alias(every: Any, alias_name: str, alias: Any) -> Any:

@@ -271,6 +271,6 @@ def test_unknown_submodule_fails_at_setup(tmp_path):
 
 def test_every_n_train_steps_is_an_alias_of_every(tmp_path):
     cb = HyperlapseCallback(tmp_path / "run.zarr", every_n_train_steps=3)
-    assert cb._schedule.describe() == {"kind": "every", "n": 3}
+    assert cb.config.make_schedule().describe() == {"kind": "every", "n": 3}
     with pytest.raises(ConfigError, match="only one"):
         HyperlapseCallback(tmp_path / "run.zarr", every=2, every_n_train_steps=3)

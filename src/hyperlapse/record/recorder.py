@@ -37,10 +37,10 @@ from torch import nn
 
 from ..arch import check_recorded_architecture, describe_mlp, unwrap_model
 from ..errors import ArchitectureError, ConfigError, HyperlapseWarning, WriterError
-from ..store.format import check_compression, resolve_compression
+from ..store.format import resolve_compression
 from ..store.writer import StoreWriter, short_flush_warning
-from .capture import DTYPES, CaptureBuffer, CaptureLayout
-from .schedule import make_schedule
+from .capture import CaptureBuffer, CaptureLayout
+from .config import RecorderConfig
 from .watch import ModelWatch, recorded_tensors
 
 __all__ = ["TrajectoryRecorder"]
@@ -132,79 +132,19 @@ class _Item:
         self.finite = finite
 
 
-def check_dtype_and_on_full(dtype: str | torch.dtype, on_full: str) -> str:
-    """Validate the ``dtype`` and ``on_full`` options (shared with the trainer adapters).
-
-    Returns:
-        The dtype's name (``"float32"``, ``"float16"`` or ``"bfloat16"``).
-
-    Raises:
-        ConfigError: saying what is accepted.
-    """
-    if isinstance(dtype, torch.dtype):
-        dtype = str(dtype).replace("torch.", "")
-    if dtype not in DTYPES:
-        raise ConfigError(
-            f"Expected dtype to be one of {sorted(DTYPES)}, but got {dtype!r}. float32 "
-            f"keeps weights bit-exact; float16/bfloat16 halve the store."
-        )
-    if on_full not in ("block", "drop"):
-        raise ConfigError(
-            f"Expected on_full to be 'block' (wait, lose nothing) or 'drop' (skip and "
-            f"count), but got {on_full!r}."
-        )
-    return dtype
-
-
 class TrajectoryRecorder:
     """Record a model's parameters during training into a Zarr trajectory store.
 
     Args:
         path: local path of the store (``*.zarr``; missing parents are created) or a URL any
-            fsspec backend understands (``memory://``, ``s3://``, ...). An existing hyperlapse
-            store of the same model is resumed (appended to).
+            fsspec backend understands (``memory://``, ``s3://``, ...). What happens to a
+            store already there is ``mode``'s choice (see :class:`RecorderConfig`).
         model: any ``nn.Module``; ``torch.compile`` and DDP/DataParallel wrappers are unwrapped.
         every: capture every ``every`` optimizer steps.
-        schedule: instead of ``every``: ``"log"`` (log-spaced, dense early), an int, or a
-            ``callable(step) -> bool``. Neither given: every step.
-        dtype: stored dtype of floating tensors: "float32" (bit-exact), "float16", "bfloat16".
-        on_full: when all capture buffers are in flight: "block" (nothing lost) or "drop"
-            (the snapshot is skipped and counted in attrs ``dropped``).
-        buffers: also record the module's buffers (e.g. BatchNorm running stats).
-        flush_every_s: commit pending snapshots at least this often (seconds); a SIGKILL loses
-            at most this interval. ``None``: commit whole shards only.
-        snapshots_per_chunk: snapshots per shard file (default: ~64 MB per shard, 16..1024).
-        queue_size: capture buffers in flight between training and writer thread (default:
-            enough for ~64 MB, 4..64), so training rarely waits while the writer flushes a shard.
-        report: optional listener with ``on_snapshot(index, step, state, metrics)`` and
-            ``close()``, and optionally ``on_start(architecture)``, called once with the MLP
-            description before the first snapshot (see docs/recording.md).
-        fsync: fsync each flush's data before its commit and the commit itself (local
-            stores), so committed snapshots survive a power loss; ``False`` keeps only the
-            process-crash guarantee (measured cost: docs/recording.md).
-        compression: compressor of a new store's weights: "auto" ("none" on local stores,
-            whose snapshots are then written in place into preallocated shards, O_DIRECT where
-            the filesystem allows; blosc-lz4 + bitshuffle for float32 and zstd for 16-bit
-            dtypes on object stores), "none", "lz4" or "zstd". ``hyperlapse compact``
-            compresses a closed store. A resumed store keeps its own. Costs:
-            docs/recording.md.
-        probes: a small batch of real inputs ``[B, n_0]`` (e.g. 64-256 held-out training
-            examples) stored once with the run, so ``hyperlapse analyze`` measures the
-            input-space geometry on the training distribution instead of Gaussian noise.
-        architecture: describe the recorded parameters yourself instead of letting
-            :func:`hyperlapse.describe_mlp` infer it from the module: a ``describe_mlp``-style
-            dict (e.g. to name activations applied functionally in ``forward``), or
-            :func:`hyperlapse.arch.describe_population` for parameters with a leading run axis
-            (``hyperlapse.zoo``). Checked against the parameters' names and shapes, stored in
-            the store's ``architecture`` attribute; no not-an-MLP warning.
-        writes: which thread writes each snapshot's bytes into a local uncompressed store
-            (``writer_io`` "buffered"): "inline" (the training thread, right after its copy,
-            while torch's threads are idle; the writer thread still commits: metadata, fsync,
-            ``committed``), "background" (the writer thread), or "auto" (default): inline
-            where torch uses as many threads as the process has cores (on CPU; a background
-            writer there competes with torch's threads, docs/recording.md), else background.
-            Object stores, compressed stores, O_DIRECT and CUDA models always write in the
-            background. The store's attrs ``writes`` say which was used.
+        config: a :class:`~hyperlapse.RecorderConfig` (e.g. shared with a trainer adapter).
+        **options: the options of :class:`~hyperlapse.RecorderConfig` (``schedule``,
+            ``dtype``, ``on_full``, ``flush_every_s``, ``mode``, ...), replacing those of
+            ``config``.
 
     Raises:
         ConfigError: an invalid argument (checked here, never on the hot path).
@@ -240,58 +180,21 @@ class TrajectoryRecorder:
         model: nn.Module,
         every: int | None = None,
         *,
-        schedule: Any = None,
-        dtype: str = "float32",
-        on_full: str = "block",
-        buffers: bool = False,
-        flush_every_s: float | None = 2.0,
-        snapshots_per_chunk: int | None = None,
-        queue_size: int | None = None,
-        report: Any = None,
-        fsync: bool = True,
-        probes: Any = None,
-        compression: str = "auto",
-        architecture: Mapping[str, Any] | None = None,
-        writes: str = "auto",
+        config: RecorderConfig | None = None,
+        **options: Any,
     ) -> None:
-        self._schedule = make_schedule(every, schedule)
-        if writes not in ("auto", "inline", "background"):
-            raise ConfigError(
-                f"Expected writes to be 'auto', 'inline' (the training thread writes each "
-                f"snapshot) or 'background' (the writer thread does), but got {writes!r}."
-            )
-        fmt_compression = resolve_compression(check_compression(compression), path)
-        dtype = check_dtype_and_on_full(dtype, on_full)
-        if flush_every_s is not None and not (
-            isinstance(flush_every_s, numbers.Real)
-            and not isinstance(flush_every_s, bool)
-            and math.isfinite(flush_every_s)
-            and flush_every_s > 0
-        ):
-            raise ConfigError(
-                f"Expected flush_every_s to be a finite positive number of seconds, or None to "
-                f"commit whole shards only, but got {flush_every_s!r}."
-            )
-        if flush_every_s is not None:
-            flush_every_s = float(flush_every_s)
-        for name, value in (
-            ("snapshots_per_chunk", snapshots_per_chunk),
-            ("queue_size", queue_size),
-        ):
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value <= 0
-            ):
-                raise ConfigError(f"Expected {name} to be a positive int, but got {value!r}.")
-        if report is not None and not (
-            callable(getattr(report, "on_snapshot", None))
-            and callable(getattr(report, "close", None))
-        ):
-            raise ConfigError(
-                f"Expected report to have on_snapshot(index, step, state, metrics) and close() "
-                f"methods, but got {type(report).__name__}."
-            )
+        if every is not None:
+            options["every"] = every
+        config = RecorderConfig.build(config, **options)
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Expected an nn.Module to record, but got {type(model).__name__}.")
+        self.config = config
+        self._schedule = config.make_schedule()
+        fmt_compression = resolve_compression(config.compression, path)
+        dtype, on_full, buffers = config.dtype, config.on_full, config.buffers
+        flush_every_s, snapshots_per_chunk = config.flush_every_s, config.snapshots_per_chunk
+        queue_size, report, fsync = config.queue_size, config.report, config.fsync
+        probes, architecture, writes = config.probes, config.architecture, config.writes
 
         self.path = os.fspath(path)
         self.on_full = on_full
@@ -338,6 +241,7 @@ class TrajectoryRecorder:
         self._names = [n for n, _ in named]
         self._tensors = [t for _, t in named]
         self._layout = CaptureLayout(self._names, self._tensors, dtype)
+        config.check_sizes(self._layout.nbytes)
         self._watch = ModelWatch(module, self._names, self._tensors, bool(buffers))
         if architecture is not None:
             architecture = check_recorded_architecture(
@@ -345,16 +249,6 @@ class TrajectoryRecorder:
             )
         else:
             architecture = _infer_architecture(module)
-        config = {
-            "schedule": self._schedule.describe(),
-            "dtype": dtype,
-            "on_full": on_full,
-            "buffers": bool(buffers),
-            "flush_every_s": flush_every_s,
-            "queue_size": queue_size,
-            "fsync": bool(fsync),
-            "compression": fmt_compression,
-        }
         parameters = [
             {"name": n, "shape": list(s), "dtype": d}
             for n, s, d in zip(
@@ -366,7 +260,7 @@ class TrajectoryRecorder:
             path,
             parameters,
             architecture=architecture,
-            config=config,
+            config=config.describe(fmt_compression),
             snapshots_per_chunk=snapshots_per_chunk,
             flush_every_s=flush_every_s,
             fsync=fsync,

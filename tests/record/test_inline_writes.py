@@ -69,6 +69,7 @@ def test_inline_resume_continues_the_store(tmp_path) -> None:
     first = open_trajectory(path)
     n, w0 = len(first), first[2]["0.weight"].clone()
     model = nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 4))
+    model.load_state_dict(first[-1])  # the continuation of the stored run
     with TrajectoryRecorder(path, model, writes="inline") as rec:
         for step in range(1, 8):
             with torch.no_grad():

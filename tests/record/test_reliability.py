@@ -20,6 +20,7 @@ from torch import nn
 from hyperlapse import TrajectoryRecorder, describe_mlp, open_trajectory
 from hyperlapse.errors import ConfigError, HyperlapseWarning, WriterError
 from hyperlapse.graph.state import check_state, layer_tensors
+from hyperlapse.record.pipeline import Pipeline
 from hyperlapse.store.writer import StoreWriter
 
 
@@ -114,9 +115,7 @@ def test_a_writer_death_while_the_training_thread_waits_for_a_buffer(tmp_path, m
 
     monkeypatch.setattr(StoreWriter, "append", dying_append)
     # an error escaping the guard ends the thread: make the guard re-raise
-    monkeypatch.setattr(
-        TrajectoryRecorder, "_guarded", lambda self, fn, *args: fn(*args), raising=True
-    )
+    monkeypatch.setattr(Pipeline, "_guarded", lambda self, fn, *args: fn(*args), raising=True)
     rec = TrajectoryRecorder(tmp_path / "r.zarr", _mlp(), queue_size=1, writes="background")
     rec.capture(step=0)  # the only buffer, held by the stuck writer
     assert entered.wait(10)
@@ -125,7 +124,7 @@ def test_a_writer_death_while_the_training_thread_waits_for_a_buffer(tmp_path, m
     with pytest.raises(WriterError, match="MemoryError"):
         _within(20, rec.capture, 1)
     assert time.monotonic() - t0 < 10
-    assert not rec._writer_thread.is_alive()
+    assert not rec._pipeline.alive()
     _within(5, rec.close)
 
 

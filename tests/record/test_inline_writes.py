@@ -120,8 +120,11 @@ def test_a_failed_inline_write_raises_at_that_capture_and_keeps_committed(tmp_pa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(inplace.ShardFile, "write", full_disk)
-    with pytest.raises(WriterError, match="No space left"):
+    with pytest.raises(WriterError, match="No space left") as info:
         rec.capture(step=6)
+    # issue 16 item 12: said where it failed (on 146d920: "failed in the background")
+    assert "on the training thread" in str(info.value)
+    assert "background" not in str(info.value)
     with pytest.raises(WriterError):  # every later capture too: nothing recorded silently
         rec.capture(step=7)
     monkeypatch.undo()

@@ -174,6 +174,14 @@ class TrajectoryRecorder:
             raise ConfigError(
                 f"Expected a model with parameters, but {type(module).__name__} has none."
             )
+        meta = [n for n, t in named if t.is_meta]
+        if meta:
+            raise ConfigError(
+                f"Expected a model whose tensors hold data, but {meta[:3]}"
+                f"{' ...' if len(meta) > 3 else ''} are on the meta device (shapes only). "
+                f"Materialise the model first (model.to_empty(device='cpu') and initialise it, "
+                f"or load_state_dict(..., assign=True)), then create the recorder."
+            )
         self._names = [n for n, _ in named]
         self._tensors = [t for _, t in named]
         self._layout = CaptureLayout(self._names, self._tensors, config.dtype)

@@ -66,14 +66,19 @@ def start_at(recorder: TrajectoryRecorder, step: int) -> None:
     """Align a new recorder with a trainer that starts (or resumes) at optimizer step ``step``.
 
     Captures the state at ``step`` (the initial state of a fresh run; skipped when the store
-    already holds that step). A store that runs ahead of a resumed trainer is cut back to
-    ``step``: the resumed run replays those steps.
+    already holds that step). A trainer that starts past step 0 resumed from its checkpoint:
+    that is the decision to continue the stored run (``load_state_dict``). A store that runs
+    ahead of a resumed trainer is cut back to ``step``: the resumed run replays those steps.
 
     Raises:
+        StoreExistsError: a fresh run (step 0) on a store of another run (``mode="auto"``).
         ConfigError: the store holds a run past step 0 but the trainer starts from scratch.
     """
     if not recorder.active:
         return
+    if recorder.refused and step > 0:
+        # the trainer restored a checkpoint at `step`: the decision to continue that run
+        recorder.load_state_dict({**recorder.state_dict(), "step": step})
     stored = recorder.current_step
     if stored > step:
         if step == 0:

@@ -13,7 +13,7 @@ Example:
 The callback only unpacks trainer state; the recorder does the work
 (:class:`hyperlapse.TrajectoryRecorder`). One schedule tick per optimizer step
 (``trainer.global_step``), so gradient accumulation does not multiply snapshots. Install with
-``pip install "hyperlapse[lightning]"``.
+``pip install -e '.[lightning]'`` in a clone of hyperlapse (it is not on PyPI).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ except ImportError:
     except ImportError as exc:
         raise MissingDependencyError(
             "hyperlapse.integrations.lightning needs PyTorch Lightning, which is not installed. "
-            "Install it with: pip install 'hyperlapse[lightning]'"
+            "Install it with: pip install -e '.[lightning]' in a clone of hyperlapse "
+            "(or pip install lightning)"
         ) from exc
 
 __all__ = ["HyperlapseCallback"]

@@ -12,7 +12,8 @@ Example:
 
 One schedule tick per optimizer step (``state.global_step``: gradient accumulation counted
 once); the values passed to ``on_log`` (loss, learning rate, grad norm, ...) are stored with the
-snapshots. Install with ``pip install "hyperlapse[transformers]"``.
+snapshots. Install with ``pip install -e '.[transformers]'`` in a clone of hyperlapse (it is
+not on PyPI).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ try:
 except ImportError as exc:
     raise MissingDependencyError(
         "hyperlapse.integrations.transformers needs Hugging Face transformers, which is not "
-        "installed. Install it with: pip install 'hyperlapse[transformers]'"
+        "installed. Install it with: pip install -e '.[transformers]' in a clone of hyperlapse "
+        "(or pip install transformers accelerate)"
     ) from exc
 
 __all__ = ["HyperlapseCallback"]

@@ -64,7 +64,7 @@ def test_adapter_without_its_trainer_names_the_extra(monkeypatch, name, hidden):
     for module in hidden:  # make the trainer package unimportable for this test
         monkeypatch.setitem(sys.modules, module, None)
     monkeypatch.delitem(sys.modules, f"hyperlapse.integrations.{name}")
-    with pytest.raises(MissingDependencyError, match=rf"pip install 'hyperlapse\[{name}\]'"):
+    with pytest.raises(MissingDependencyError, match=rf"pip install -e '\.\[{name}\]'"):
         importlib.import_module(f"hyperlapse.integrations.{name}")
 
 

@@ -514,6 +514,12 @@ class TrajectoryRecorder:
 
     # -- introspection -----------------------------------------------------------------------
     @property
+    def refused(self) -> bool:
+        """Whether the store at the path holds a run this model does not continue (``mode``
+        "auto"/"resume"): captures raise StoreExistsError until :meth:`load_state_dict`."""
+        return self._refusal is not None
+
+    @property
     def current_step(self) -> int:
         """Optimizer steps counted so far."""
         return self._step

@@ -37,6 +37,7 @@ from ..errors import (
     NotAStoreError,
     StoreError,
 )
+from .location import LocationLike, StoreLocation
 
 FORMAT = "hyperlapse.trajectory"
 #: Version written by this code. Version 2 added checksums of every inner chunk, per-layer
@@ -172,27 +173,25 @@ def snapshots_per_chunk_for(snapshot_bytes: int) -> int:
     return int(min(max(k, MIN_SNAPSHOTS_PER_CHUNK), MAX_SNAPSHOTS_PER_CHUNK))
 
 
-def is_url(location: str | os.PathLike) -> bool:
-    return isinstance(location, str) and "://" in location and not location.startswith("file://")
+def is_url(location: LocationLike) -> bool:
+    return StoreLocation.of(location).is_url
 
 
-def local_path(location: str | os.PathLike) -> Path:
-    text = os.fspath(location)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    return Path(text).expanduser()
+def local_path(location: LocationLike) -> Path:
+    return StoreLocation.of(location).local()
 
 
-def make_store(location: str | os.PathLike, *, read_only: bool) -> Any:
+def make_store(location: LocationLike, *, read_only: bool) -> Any:
     """A Zarr store for a local path or any URL fsspec understands.
 
     Raises:
         MissingDependencyError: the URL's protocol needs a package that is not installed.
         StoreError: the protocol is unknown.
     """
-    if not is_url(location):
-        return zarr.storage.LocalStore(local_path(location), read_only=read_only)
-    url = str(location)
+    loc = StoreLocation.of(location)
+    if loc.url is None:
+        return zarr.storage.LocalStore(loc.local(), read_only=read_only)
+    url = loc.url
     try:
         return zarr.storage.FsspecStore.from_url(url, read_only=read_only)
     except ImportError as exc:
@@ -244,7 +243,7 @@ def check_location(location: str | os.PathLike) -> None:
     """Raise NotAStoreError unless a local ``location`` is a folder with a ``zarr.json``."""
     if is_url(location):
         return
-    where = os.fspath(location)
+    where = str(StoreLocation.of(location))
     path = local_path(location)
     if not os.path.lexists(path):
         raise NotAStoreError(
@@ -327,7 +326,7 @@ def read_attrs(store: Any, where: str) -> dict[str, Any]:
 
 def open_group(location: str | os.PathLike, *, read_only: bool) -> zarr.Group:
     """Open an existing hyperlapse store; raise NotAStoreError for anything else."""
-    where = os.fspath(location)
+    where = str(StoreLocation.of(location))
     check_location(location)
     store = make_store(location, read_only=read_only)
     read_attrs(store, where)

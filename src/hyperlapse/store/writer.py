@@ -40,13 +40,15 @@ for xarray and plain Zarr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
+import errno
 import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -57,13 +59,28 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from ..errors import ConfigError, CorruptStoreError, HyperlapseError, StoreError
+from ..errors import (
+    ConfigError,
+    CorruptStoreError,
+    HyperlapseError,
+    NotAStoreError,
+    StoreError,
+    StoreExistsError,
+)
 from . import format as fmt
 from .inplace import DIRECT_MIN_BYTES, PAGE, ShardFile, aligned_buffer, direct_io_supported
+from .location import LocationLike, StoreLocation
 from .lock import WriterLock
 from .shards import ChunkEncoder, assemble_shard, chunk_crc_ok, split_shard
 
 MetricsLike = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+
+#: ``StoreWriter(mode=)``: "append" continues an existing store (creating one where there is
+#: none), "create" refuses an existing one, "replace" builds a new one beside it and swaps it in
+#: at its first commit.
+MODES = ("append", "create", "replace")
+#: Keys of the ``counters=`` mapping of append/flush/close, stored in the attrs at commit.
+COUNTERS = ("dropped", "report_dropped", "recording_cost", "writes")
 
 #: Below this ``flush_every_s``, :func:`short_flush_warning` warns about write amplification
 #: (measured in benchmarks/results/store_v2.md).
@@ -127,7 +144,7 @@ class StoreWriter:
 
     def __init__(
         self,
-        location: str | os.PathLike,
+        location: LocationLike,
         parameters: list[dict[str, Any]],
         *,
         architecture: dict[str, Any] | None = None,
@@ -136,8 +153,20 @@ class StoreWriter:
         flush_every_s: float | None = 2.0,
         fsync: bool = True,
         compression: str = "auto",
+        mode: str = "append",
     ) -> None:
-        self.location = os.fspath(location)
+        if mode not in MODES:
+            raise ConfigError(
+                f"Expected mode to be one of {list(MODES)}, but got {mode!r}. 'append' continues "
+                f"an existing store (or creates one), 'create' refuses an existing one, "
+                f"'replace' replaces it once the new run's first snapshot is committed."
+            )
+        self.mode = mode
+        #: where the store is (as given); ``_loc`` is where this writer does its IO: the same
+        #: place, or while replacing a descriptor path of the new store's folder
+        self._where = StoreLocation.of(location)
+        self._loc = self._where
+        self.location = self._where.shown
         self.compression = fmt.check_compression(compression)
         self.parameters = [
             {"name": p["name"], "shape": [int(s) for s in p["shape"]], "dtype": str(p["dtype"])}
@@ -145,7 +174,7 @@ class StoreWriter:
         ]
         _check_parameters(self.parameters)
         self.flush_every_s = flush_every_s
-        self.fsync = bool(fsync) and not fmt.is_url(location)
+        self.fsync = bool(fsync) and not self._where.is_url
         self.recording_cost: dict[str, Any] | None = None
         #: which thread writes snapshot bytes ("inline" / "background"), set by the recorder;
         #: stored in the attrs on commit when not ``None``
@@ -161,24 +190,39 @@ class StoreWriter:
         self.flushes = 0
         self._dirty: set[str] = set()
         self._lock: WriterLock | None = None
+        self._replacing: _Replacement | None = None
         #: how parameter snapshots reach the files ("odirect", "buffered" or "zarr"); set once
         #: the arrays are open (:meth:`_choose_io`)
         self.io_path: str | None = None
         self._files: dict[str, ShardFile] = {}
         creating = False
+        where = self._where
         try:
-            fresh = not fmt.store_exists(location) or _is_empty_dir(location)
-            existing = None if fresh else self._existing_attrs()
-            lock = WriterLock(location)
-            lock.acquire(existing)
-            self._lock = lock
-            if fmt.store_exists(location) and not _is_empty_dir(location):
-                existing = self._existing_attrs()  # re-read under the lock
-            if existing is not None:
-                self._resume(existing, architecture)
-            else:
+            if not where.is_url:
+                finish_interrupted_replace(where)
+            fresh = not fmt.store_exists(where) or _is_empty_dir(where)
+            if not fresh and mode == "create":
+                raise self._exists_error()
+            if not fresh and mode == "replace":
+                self._replacing = _Replacement.begin(where, self._existing_attrs_or_damage())
+                self._lock = self._replacing.new_lock
+                self._loc = self._replacing.new
                 creating = True
                 self._create(architecture, dict(config or {}), snapshots_per_chunk)
+            else:
+                existing = None if fresh else self._existing_attrs()
+                lock = WriterLock(where)
+                lock.acquire(existing)
+                self._lock = lock
+                if fmt.store_exists(where) and not _is_empty_dir(where):
+                    if mode != "append":  # created by someone else meanwhile
+                        raise self._exists_error()
+                    existing = self._existing_attrs()  # re-read under the lock
+                if existing is not None:
+                    self._resume(existing, architecture)
+                else:
+                    creating = True
+                    self._create(architecture, dict(config or {}), snapshots_per_chunk)
             self._allocate_buffers()
         except BaseException as exc:
             if creating:  # still holding the lock: nobody else can be writing there
@@ -186,7 +230,7 @@ class StoreWriter:
             self.release()
             if isinstance(exc, HyperlapseError) or not isinstance(exc, OSError):
                 raise
-            if isinstance(exc, FileNotFoundError) and fmt.is_url(location):
+            if isinstance(exc, FileNotFoundError) and where.is_url:
                 raise
             raise StoreError(
                 f"Expected a writable location for the trajectory store, but writing to "
@@ -197,19 +241,59 @@ class StoreWriter:
 
     # -- opening ---------------------------------------------------------------------------
     def _existing_attrs(self) -> dict[str, Any] | None:
-        if not fmt.is_url(self.location):
-            fmt.check_location(self.location)
-        return fmt.read_attrs(fmt.make_store(self.location, read_only=True), self.location)
+        if not self._where.is_url:
+            fmt.check_location(self._where)
+        return fmt.read_attrs(fmt.make_store(self._where, read_only=True), self.location)
+
+    def _existing_attrs_or_damage(self) -> dict[str, Any] | None:
+        """The attrs of the store to be replaced; ``None`` if it is damaged (replacing it is
+        fine) but never anything that is not a hyperlapse store (that is refused)."""
+        try:
+            return self._existing_attrs()
+        except NotAStoreError:
+            raise
+        except StoreError:
+            return None
+
+    def _exists_error(self) -> StoreExistsError:
+        try:
+            attrs = self._existing_attrs()
+        except NotAStoreError:
+            raise
+        except StoreError as exc:
+            what = f"a store that cannot be read ({type(exc).__name__})"
+        else:
+            n = fmt.committed(attrs or {})
+            what = f"a store with {n} committed snapshot{'s' if n != 1 else ''}"
+        return StoreExistsError(
+            f"Expected no store at '{self.location}' (mode='{self.mode}'), but found {what}. "
+            f"Use mode='append' to continue it, mode='replace' to replace it (the old one stays "
+            f"until the new run's first snapshot is committed), or choose another path."
+        )
+
+    def _take_counters(self, counters: Mapping[str, Any] | None) -> None:
+        """Counters the recorder passes with append/flush/close, stored at the next commit."""
+        if not counters:
+            return
+        unknown = set(counters) - set(COUNTERS)
+        if unknown:
+            raise ConfigError(
+                f"Expected counters among {list(COUNTERS)}, but got {sorted(unknown)}."
+            )
+        for key, value in counters.items():
+            if key == "recording_cost":
+                value = None if value is None else dict(value)
+            setattr(self, key, value)
 
     def _remove_half_made(self) -> None:
         """A failed creation leaves nothing behind that would block a retry at the same path."""
-        if fmt.is_url(self.location):
+        if self._loc.is_url:
             try:
-                sync(fmt.make_store(self.location, read_only=False).delete_dir(""))
+                sync(self._loc.make_store(read_only=False).delete_dir(""))
             except Exception:  # noqa: BLE001 - best effort; the original error is raised
                 pass
             return
-        path = fmt.local_path(self.location)
+        path = self._loc.local()
         if path.is_dir():
             for child in path.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -243,7 +327,7 @@ class StoreWriter:
             "nonfinite": 0,
             "writer": self._lock.owner,
         }
-        store = fmt.make_store(self.location, read_only=False)
+        store = self._loc.make_store(read_only=False)
         self.group = zarr.open_group(store, mode="w-", attributes=attrs)  # "w" would
         # delete the folder, and with it the flock held on it
         self.written = 0
@@ -263,7 +347,7 @@ class StoreWriter:
         fmt.check_compatible(attrs, self.parameters, architecture, self.location)
         self.architecture = architecture
         self._clean_partials()
-        self.group = fmt.open_group(self.location, read_only=False)
+        self.group = fmt.open_group(self._loc, read_only=False)
         self.k = int(attrs["snapshots_per_chunk"])
         self.written = fmt.committed(attrs)
         self.dropped = int(attrs.get("dropped", 0))
@@ -299,9 +383,9 @@ class StoreWriter:
 
     def _clean_partials(self) -> None:
         """Remove the temp files (``*.partial``) a killed writer left behind."""
-        if fmt.is_url(self.location):
+        if self._loc.is_url:
             return
-        for path in fmt.local_path(self.location).rglob("*.partial"):
+        for path in self._loc.local().rglob("*.partial"):
             try:
                 path.unlink()
             except OSError:
@@ -410,9 +494,9 @@ class StoreWriter:
             if name not in self._empty
         )
         posix = all(hasattr(os, f) for f in ("pwrite", "pwritev", "pread", "fdatasync"))
-        if forced == "zarr" or fmt.is_url(self.location) or not fixed or not posix:
+        if forced == "zarr" or self._loc.is_url or not fixed or not posix:
             return "zarr"
-        root = fmt.local_path(self.location) / fmt.PARAMS
+        root = self._loc.local() / fmt.PARAMS
         if forced != "odirect" or not direct_io_supported(root):
             return "buffered"
         return "odirect"
@@ -420,7 +504,7 @@ class StoreWriter:
     def _shard_file(self, name: str, shard: int) -> Path:
         arr = self._arrays[name]
         key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
-        return fmt.local_path(self.location) / fmt.PARAMS / name / key
+        return self._loc.local() / fmt.PARAMS / name / key
 
     def _start_shards(self, shard: int) -> None:
         """Fill-in-place: close the previous shard files and start shard ``shard`` of every
@@ -493,6 +577,7 @@ class StoreWriter:
         metrics: MetricsLike | None = None,
         *,
         finite: bool | None = None,
+        counters: Mapping[str, Any] | None = None,
     ) -> bool:
         """Buffer one snapshot (first writing the previous shard if it is complete).
 
@@ -504,10 +589,13 @@ class StoreWriter:
             metrics: scalars, or a callable returning them that is called at flush time (so the
                 recorder can still add values logged after the capture).
             finite: with ``state=None``: what :meth:`write_data` returned.
+            counters: any of ``dropped``, ``report_dropped``, ``recording_cost``, ``writes``,
+                stored in the attrs from the next commit on.
 
         Returns:
             Whether the snapshot holds a NaN or infinite value (it is stored anyway).
         """
+        self._take_counters(counters)
         if self.pending and (self.written + self.pending) % self.k == 0:
             self.flush()  # the previous shard is complete: write it whole
         i = self.pending
@@ -597,11 +685,13 @@ class StoreWriter:
         self.capacity = length
         self._high = max(self._high, length)
 
-    def flush(self, commit: bool = True) -> None:
+    def flush(self, commit: bool = True, counters: Mapping[str, Any] | None = None) -> None:
         """Write the pending rows and commit them (data first, ``committed`` last).
 
         ``commit=False`` writes them but neither syncs nor commits (:meth:`close` syncs
-        everything together and commits once, after trimming)."""
+        everything together and commits once, after trimming). ``counters``: as for
+        :meth:`append`."""
+        self._take_counters(counters)
         n, start = self.pending, self.written
         self._last_flush = time.monotonic()
         if n == 0:
@@ -635,7 +725,7 @@ class StoreWriter:
                 self._chunks[name] = []
         if self.io_path != "zarr":  # written by write_data, made durable here (by path: the
             # files may be written meanwhile by another thread, see write_data)
-            root = fmt.local_path(self.location)
+            root = self._loc.local()
             for s in range(start // self.k, (end - 1) // self.k + 1):
                 for name in self._cs:
                     self._dirty.add(str(self._shard_file(name, s).relative_to(root)))
@@ -665,7 +755,7 @@ class StoreWriter:
         dirty, self._dirty = self._dirty, set()
         if not self.fsync:
             return
-        root = fmt.local_path(self.location)
+        root = self._loc.local()
         files = [root / key for key in sorted(dirty)]
         folders = sorted({path.parent for path in files})
         if len(files) > 1:  # concurrent fsyncs: the disk handles them together
@@ -701,9 +791,25 @@ class StoreWriter:
             update["recording_cost"] = dict(self.recording_cost)
         self.group.attrs.update(update)
         if self.fsync:
-            root = fmt.local_path(self.location)
+            root = self._loc.local()
             _fsync(root / "zarr.json")
             _fsync(root)
+        swap = self._replacing is not None and not self._replacing.swapped
+        if swap and (self.written > 0 or extra.get("closed")):
+            self._swap_in()
+
+    def _swap_in(self) -> None:
+        """mode="replace": the new store's first commit is durable; it takes the old one's
+        place (atomically where the OS can exchange two folders) and the old one is deleted."""
+        assert self._replacing is not None
+        old_root = self._loc.local()
+        if self._replacing.swap(self.fsync):  # no descriptor path: follow the folder's new name
+            self._loc = self._where
+            self.group = zarr.open_group(self._loc.make_store(read_only=False), mode="r+")
+            self._arrays = {name: self.group[f"{fmt.PARAMS}/{name}"] for name in self._arrays}
+            self._scalars = {path: self._handle(path) for path in self._scalars}
+            for f in self._files.values():
+                f.path = self._loc.local() / f.path.relative_to(old_root)
 
     def truncate_after_step(self, step: int) -> int:
         """Drop committed snapshots whose step is greater than ``step`` (a resumed run replays
@@ -725,10 +831,12 @@ class StoreWriter:
                 self._resume_shards() if self.io_path != "zarr" else self._load_partial_shard()
         return self.written
 
-    def close(self) -> None:
+    def close(self, counters: Mapping[str, Any] | None = None) -> None:
         """Flush everything, trim the arrays to ``committed``, mark the store closed, and give
-        the write lock back (also when one of these steps fails)."""
+        the write lock back (also when one of these steps fails). ``counters``: as for
+        :meth:`append`."""
         try:
+            self._take_counters(counters)
             # Three rounds of syncs, whatever the run's length: (1) the data, the last shard's
             # new index and the arrays' final lengths; (2) the cut of that shard (only after
             # its new index is durable); (3) the commit.
@@ -752,9 +860,8 @@ class StoreWriter:
         for f in files:  # the committed count, not the slots write_data started
             f.n = self.written % self.k
         cut = [f for f in files if f.finish(self.fsync)]
-        root = fmt.local_path(self.location)
         for f in files:
-            self._dirty.add(str(f.path.relative_to(root)))
+            self._dirty.add(str(f.path.relative_to(self._loc.local())))
         return cut
 
     def _delete_beyond(self, high: int) -> None:
@@ -800,7 +907,7 @@ class StoreWriter:
         )
         arr.with_config(_WRITE_ALL)[...] = data
         if self.fsync:
-            root = fmt.local_path(self.location)
+            root = self._loc.local()
             for key in (f"{fmt.PROBES}/zarr.json", f"{fmt.PROBES}/c/0/0"):
                 if (root / key).exists():
                     _fsync(root / key)
@@ -809,8 +916,12 @@ class StoreWriter:
         return True
 
     def release(self) -> None:
-        """Give the write lock back without committing anything (idempotent)."""
+        """Give the write lock back without committing anything (idempotent). A replacement
+        that never reached its first commit is deleted: the old store stays as it was."""
         self._close_files()
+        replacing, self._replacing = self._replacing, None
+        if replacing is not None:
+            replacing.end()
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
@@ -823,6 +934,157 @@ class StoreWriter:
         return (self.bytes_written + self._data_bytes) / max(
             self.payload_bytes + self._data_payload, 1
         )
+
+
+_NEW = ".replacing"
+_ASIDE = ".replaced"
+
+
+class _Replacement:
+    """mode="replace": a new store built beside the old one (``<name>.replacing``) and swapped
+    in at its first commit. Until then the old store is untouched and readable (its lock is
+    held, so no other writer changes it meanwhile); a crash leaves it whole, and the next
+    writer deletes the leftover (:func:`finish_interrupted_replace`).
+
+    The writer works in the new folder through a descriptor path (``/proc/self/fd/N``) that
+    names the folder itself whatever it is called, so the swap changes no path the writer (or
+    a thread writing shard files inline) uses.
+    """
+
+    def __init__(self, target: StoreLocation, old_lock: WriterLock) -> None:
+        self.target = target
+        self.old_lock = old_lock
+        self.new_path = target.sibling(_NEW).local()
+        self.new_lock = WriterLock(self.new_path)
+        self.new_lock.acquire(None)  # creates the folder
+        self._fd: int | None = os.open(
+            self.new_path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+        )
+        handle = _descriptor_path(self._fd, self.new_path)
+        self.follows = handle is not None  # the descriptor path follows the folder's renames
+        self.new = target.at(handle or self.new_path)
+        self.swapped = False
+
+    @classmethod
+    def begin(cls, target: StoreLocation, attrs: dict[str, Any] | None) -> _Replacement:
+        old_lock = WriterLock(target)
+        old_lock.acquire(attrs)  # StoreLockedError while another writer works on it
+        try:
+            return cls(target, old_lock)
+        except BaseException:
+            old_lock.release()
+            raise
+
+    def swap(self, fsync: bool) -> bool:
+        """Put the new store at the target's path; delete the old one. Returns whether the
+        writer must re-point its handles (no descriptor path)."""
+        target = self.target.local()
+        if _exchange(self.new_path, target):
+            if fsync:
+                _fsync(target.parent)
+            self.swapped = True
+            old = self.new_path  # the old store now has the temporary name
+        else:  # rename aside, then into place (a crash in between: finish_interrupted_replace)
+            old = target.with_name(target.name + _ASIDE)
+            os.rename(target, old)
+            os.rename(self.new_path, target)
+            if fsync:
+                _fsync(target.parent)
+            self.swapped = True
+        shutil.rmtree(old, ignore_errors=True)
+        self.old_lock.release()
+        self.new_lock.location = self.target.shown
+        return not self.follows
+
+    def end(self) -> None:
+        """The writer is done: a replacement that was never swapped in is deleted."""
+        if not self.swapped:
+            shutil.rmtree(self.new_path, ignore_errors=True)
+            self.new_lock.release()
+        self.old_lock.release()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _descriptor_path(fd: int, path: Path) -> Path | None:
+    """A path naming the folder open as ``fd`` whatever it is renamed to (Linux procfs), or
+    ``None`` where there is none."""
+    handle = Path(f"/proc/self/fd/{fd}")
+    try:
+        return handle if os.path.samestat(os.stat(handle), os.stat(path)) else None
+    except OSError:
+        return None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two folders (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where
+    the OS or the file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def finish_interrupted_replace(location: LocationLike) -> str | None:
+    """Tidy what a ``mode="replace"`` writer that crashed left beside ``location`` (a local
+    store); folders a live writer still holds are left alone. Returns what was done."""
+    target = StoreLocation.of(location).local()
+    new = target.with_name(target.name + _NEW)
+    aside = target.with_name(target.name + _ASIDE)
+    done = []
+    with _unheld(new) as new_free, _unheld(aside) as aside_free:
+        if aside_free and not os.path.lexists(target):
+            # crashed between the two renames of a swap: the new store was committed
+            if new_free:
+                os.rename(new, target)
+                done.append(f"moved the committed replacement {new.name} into place")
+                new_free = False
+            else:
+                os.rename(aside, target)
+                done.append(f"restored the original from {aside.name}")
+                aside_free = False
+        for leftover, free in ((new, new_free), (aside, aside_free)):
+            if free:
+                shutil.rmtree(leftover, ignore_errors=True)
+                done.append(f"removed the leftover {leftover.name}")
+    return "; ".join(done) or None
+
+
+@contextlib.contextmanager
+def _unheld(path: Path) -> Iterator[bool]:
+    """Whether ``path`` is a folder no writer holds (its flock is taken for the block)."""
+    if not path.is_dir() or path.is_symlink():
+        yield False
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except (ImportError, OSError):  # no flock here: nothing can hold it
+            pass
+        yield True
+    finally:
+        os.close(fd)
 
 
 def short_flush_warning(flush_every_s: float | None, io_path: str = "zarr") -> str | None:
@@ -927,8 +1189,9 @@ def _bf16_nonfinite(bits: np.ndarray) -> bool:
     return bool(((bits & 0x7F80) == 0x7F80).any())
 
 
-def _is_empty_dir(location: str | os.PathLike) -> bool:
-    if fmt.is_url(location):
+def _is_empty_dir(location: LocationLike) -> bool:
+    where = StoreLocation.of(location)
+    if where.is_url:
         return False
-    path = fmt.local_path(location)
+    path = where.local()
     return path.is_dir() and not any(path.iterdir())

@@ -10,8 +10,6 @@ restores a checkpoint. Otherwise the recorder refuses with a
 
 from __future__ import annotations
 
-import inspect
-import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,30 +93,23 @@ def open_writer(path: str, mode: str, parameters: list[dict[str, Any]], **kwargs
 
     Raises:
         NotAStoreError: ``mode="resume"`` and no store holds a committed snapshot at ``path``.
-        StoreExistsError: ``mode="new"`` and something exists at ``path``.
+        StoreExistsError: ``mode="new"`` and something exists at ``path`` (the writer's).
     """
     if mode == "resume" and existing_run(path) is None:
         raise NotAStoreError(
             f"Expected a store to resume at '{path}' (mode='resume'), but none with a "
             f"committed snapshot is there. Check the path, or pass mode='auto' to create one."
         )
-    writer_mode = _WRITER_MODES[mode]
-    if _writer_has_modes():
-        return StoreWriter(path, parameters, mode=writer_mode, **kwargs)
-    # TODO(lead): the fallback below goes once the store branch's "StoreWriter mode:" commit
-    # is merged (its "replace" keeps the old store whole until the new one's first commit).
-    if writer_mode == "create" and fmt.store_exists(path) and not _is_empty_dir(path):
+    try:
+        return StoreWriter(path, parameters, mode=_WRITER_MODES[mode], **kwargs)
+    except StoreExistsError as exc:  # said in the recorder's words, not the writer's modes
+        if mode != "new":
+            raise
         raise StoreExistsError(
-            f"Expected nothing at '{path}' (mode='new'), but something exists there. Pass "
-            f"another path, or mode='overwrite' to replace it."
-        )
-    if writer_mode == "replace" and existing_run(path) is not None and not fmt.is_url(path):
-        shutil.rmtree(fmt.local_path(path))
-    return StoreWriter(path, parameters, **kwargs)
-
-
-def _writer_has_modes() -> bool:
-    return "mode" in inspect.signature(StoreWriter).parameters
+            f"Expected nothing at '{path}' (mode='new'), but something is there. Pass another "
+            f"path, mode='overwrite' to replace it, or mode='auto' to continue the stored run "
+            f"with its continuation. ({exc})"
+        ) from exc
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -130,10 +121,3 @@ def _is_empty_dir(location: str) -> bool:
         return False
     path = fmt.local_path(location)
     return path.is_dir() and not any(path.iterdir())
-
-
-def writer_modes_supported() -> bool:
-    """Whether this StoreWriter takes ``mode=`` (tests of the atomic replace need it)."""
-    return _writer_has_modes()
-
-

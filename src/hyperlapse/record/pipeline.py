@@ -342,21 +342,14 @@ class Pipeline:
 
     # -- counters ----------------------------------------------------------------------------
     def counters(self) -> dict[str, Any]:
-        """What the writer stores in the attrs at each commit (contract C1 ``counters=``)."""
+        """What the writer stores in the attrs at its next commit (``counters=`` of append,
+        flush and close)."""
         return {
             "dropped": self.dropped,
             "report_dropped": self.report_dropped,
             "recording_cost": self.overhead(),
+            "writes": "inline" if self.inline else "background",
         }
-
-    def _hand_counters(self) -> None:
-        # TODO(lead): counters= -- pass self.counters() to append/flush/close once the store
-        # branch's StoreWriter takes it; until then the attribute pokes below.
-        counters = self.counters()
-        writer = self.writer
-        writer.dropped = counters["dropped"]
-        writer.report_dropped = counters["report_dropped"]
-        writer.recording_cost = counters["recording_cost"]
 
     def overhead(self) -> dict[str, float | int]:
         """See :meth:`hyperlapse.TrajectoryRecorder.overhead`."""
@@ -450,10 +443,10 @@ class Pipeline:
             if buf is not None and self.report is not None and self.report_failure is None
             else None
         )
-        self._hand_counters()  # append commits when a shard is complete
         state = None if item.finite is not None else self.layout.to_numpy(buf)  # type: ignore[arg-type]
-        if writer.append(  # TODO(lead): counters=self.counters()
-            state, item.step, item.wall_time, item.metrics.seal, finite=item.finite
+        if writer.append(  # commits when the previous shard is complete: counters go along
+            state, item.step, item.wall_time, item.metrics.seal, finite=item.finite,
+            counters=self.counters(),
         ):
             self.nonfinite_seen = True
         self.bytes_handed += self.layout.nbytes
@@ -468,11 +461,10 @@ class Pipeline:
         if self._last_report is not None:  # before the commit, so its drop count is stored
             self._emit_report(*self._last_report)
             self._last_report = None
-        self._hand_counters()
         if close:
-            writer.close()  # TODO(lead): counters=self.counters()
+            writer.close(counters=self.counters())
         else:
-            writer.flush()  # TODO(lead): counters=self.counters()
+            writer.flush(counters=self.counters())
 
     # -- report thread -----------------------------------------------------------------------
     def _emit_report(

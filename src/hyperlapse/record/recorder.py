@@ -223,7 +223,6 @@ class TrajectoryRecorder:
         if self._probes is not None:
             self.writer.write_probes(self._probes)
         self.writes = _resolve_writes(config.writes, self.writer.io_path, self._layout.pinned)
-        self.writer.writes = self.writes  # TODO(lead): counters= ("writes")
         short = short_flush_warning(config.flush_every_s, self.writer.io_path or "zarr")
         if short is not None:
             warnings.warn(short, HyperlapseWarning, stacklevel=3)

@@ -12,12 +12,6 @@ from torch import nn
 
 from hyperlapse import TrajectoryRecorder, open_trajectory
 from hyperlapse.errors import NotAStoreError, StoreExistsError
-from hyperlapse.record.opening import writer_modes_supported
-
-needs_writer_modes = pytest.mark.skipif(
-    not writer_modes_supported(),
-    reason="StoreWriter(mode=) comes with the store branch (contract C1)",
-)
 
 
 def _mlp(seed: int) -> nn.Module:
@@ -140,7 +134,6 @@ def test_overwrite_replaces_the_store(tmp_path) -> None:
     assert all(torch.equal(traj[-1][k], v) for k, v in model.state_dict().items())
 
 
-@needs_writer_modes
 def test_overwrite_keeps_the_old_store_whole_until_the_first_new_commit(tmp_path) -> None:
     path = tmp_path / "run.zarr"
     _run(path, _mlp(0))

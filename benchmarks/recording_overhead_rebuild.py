@@ -11,6 +11,7 @@ medians. torch's default thread count is used (what users get).
 Run::
 
     .venv/bin/python benchmarks/recording_overhead_rebuild.py --old /work/main --rounds 4
+    .venv/bin/python benchmarks/recording_overhead_rebuild.py --combine a.json b.json
 
 Results: ``benchmarks/results/recording_overhead_rebuild.{json,md}``.
 """
@@ -74,7 +75,7 @@ def spread(xs: list[float]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--old", required=True, help="checkout of the code before the rebuild")
+    ap.add_argument("--old", default=None, help="checkout of the code before the rebuild")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--groups", default="mlp:150,tiny:2000",
                     help="comma-separated model:steps groups of recording_overhead.py")
@@ -83,7 +84,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "benchmarks during the run (load average 6-9): absolute times are noisy; "
                     "compare the ratios, old and new, taken in alternating rounds.")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--combine", nargs="+", default=None,
+                    help="merge the samples of earlier result files (more rounds)")
     args = ap.parse_args(argv)
+    if args.combine:
+        return combine(args, [json.loads(Path(p).read_text()) for p in args.combine])
+    if args.old is None:
+        ap.error("--old is required (the checkout of the code before the rebuild)")
     codes = {"old": Path(args.old).resolve(), "new": ROOT}
     tmp = Path(tempfile.mkdtemp(prefix=".rebuild-bench-", dir=HERE))
     samples: dict[str, dict[str, list[dict[str, float]]]] = {"old": {}, "new": {}}
@@ -102,6 +109,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return finish(args, codes, samples, time.perf_counter() - started, args.rounds)
+
+
+def combine(args: argparse.Namespace, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {"old": {}, "new": {}}
+    for part in parts:
+        for code in ("old", "new"):
+            for key, rows in part["samples"][code].items():
+                samples[code].setdefault(key, []).extend(rows)
+    codes = {k: Path(v) for k, v in parts[0]["codes"].items()}
+    seconds = sum(p["seconds"] for p in parts)
+    return finish(args, codes, samples, seconds, sum(p["rounds"] for p in parts))
+
+
+def finish(args: argparse.Namespace, codes: dict[str, Path],
+           samples: dict[str, dict[str, list[dict[str, float]]]], seconds: float,
+           rounds: int) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for key in sorted(samples["new"]):
         entry: dict[str, Any] = {}
@@ -119,10 +143,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "python": platform.python_version(), "loadavg_end": os.getloadavg(),
             "note": args.note,
         },
-        "argv": sys.argv[1:] if argv is None else argv,
+        "argv": sys.argv[1:],
         "codes": {k: str(v) for k, v in codes.items()},
-        "rounds": args.rounds,
-        "seconds": time.perf_counter() - started,
+        "rounds": rounds,
+        "seconds": seconds,
         "summary": summary,
         "samples": samples,
     }

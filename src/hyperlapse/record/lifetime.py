@@ -35,6 +35,8 @@ _GC_WAIT_S = 30.0  # a recorder collected unclosed: wait at most this long for i
 def register(recorder: TrajectoryRecorder, pipeline: Pipeline) -> None:
     """Track an open recorder: closed at exit and on SIGTERM, released if dropped unclosed."""
     _OPEN.add(recorder)
+    for key in [k for k, f in _FINALIZERS.items() if not f.alive]:  # collected ones
+        del _FINALIZERS[key]
     # the callback holds the pipeline, never the recorder (which could then not be collected)
     _FINALIZERS[id(recorder)] = weakref.finalize(recorder, _release_dropped, pipeline)
     _install_sigterm_handler()

@@ -325,6 +325,8 @@ class Pipeline:
     def close(self, wait_s: float | None = None) -> None:
         """Commit everything queued, close the store, stop the threads."""
         self._work.put(_CLOSE)
+        if threading.current_thread() in (self._thread, self._report_thread):
+            return  # a garbage collection on one of our own threads: they finish by themselves
         self._thread.join(wait_s)
         if not self._thread.is_alive():
             # a writer that failed never reached writer.close(): give the lock back, so a

@@ -169,8 +169,9 @@ class WriterLock:
     def _held_here(self) -> StoreLockedError:
         return StoreLockedError(
             f"Expected to be the only writer of the store at '{self.location}', but an unclosed "
-            f"recorder (or StoreWriter) in this process holds it. close() that recorder first "
-            f"(or use `with TrajectoryRecorder(...) as rec:`), or record to another path."
+            f"recorder (or StoreWriter) in this process (pid {os.getpid()}) holds it. close() "
+            f"that recorder first (or use `with TrajectoryRecorder(...) as rec:`), or record "
+            f"to another path."
         )
 
     def _locked(self, owner: Any, lost: bool = False) -> StoreLockedError:

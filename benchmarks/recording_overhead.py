@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import math
 import mmap
@@ -87,7 +86,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyperlapse import TrajectoryRecorder, __version__, open_trajectory
+from hyperlapse import RecorderConfig, TrajectoryRecorder, __version__, open_trajectory
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "recording_overhead.json"
@@ -118,7 +117,7 @@ CLOSE_1MB_S = 0.1
 CLOSE_LONG_S = 1.0
 GROWTH_TOLERANCE = 1.25  # "equal" on a shared machine: within 25 %
 WINDOWS = 5  # windows of the long run per point (median)
-DEFAULT_COMPRESSION = inspect.signature(TrajectoryRecorder).parameters["compression"].default
+DEFAULT_COMPRESSION = RecorderConfig().compression
 
 
 def make_mlp(widths: list[int], seed: int = 0) -> nn.Module:

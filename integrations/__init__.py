@@ -5,9 +5,9 @@ folder; ``pyproject.toml`` maps it). Each adapter only translates a trainer's ev
 recorder calls; every decision (schedule, storage, ranks) stays in :mod:`hyperlapse`.
 
 * :mod:`hyperlapse.integrations.lightning`: ``HyperlapseCallback`` for PyTorch Lightning
-  (``pip install hyperlapse[lightning]``).
+  (``pip install -e '.[lightning]'`` in a clone).
 * :mod:`hyperlapse.integrations.transformers`: ``HyperlapseCallback`` for Hugging Face
-  ``transformers.Trainer`` (``pip install hyperlapse[transformers]``).
+  ``transformers.Trainer`` (``pip install -e '.[transformers]'`` in a clone).
 
 Plain PyTorch loops need no adapter: ``recorder.attach(optimizer)`` or ``recorder.capture()``
 (see ``integrations/README.md``).

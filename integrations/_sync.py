@@ -16,32 +16,15 @@ from typing import Any
 import torch
 
 from hyperlapse.errors import ConfigError
-from hyperlapse.record.recorder import TrajectoryRecorder, check_dtype_and_on_full
-from hyperlapse.record.schedule import Schedule, make_schedule
-
-#: Recorder options an adapter passes through unchanged (see TrajectoryRecorder).
-PASSTHROUGH = (
-    "on_full",
-    "buffers",
-    "flush_every_s",
-    "snapshots_per_chunk",
-    "queue_size",
-    "report",
-    "fsync",
-    "compression",
-    "probes",
-    "architecture",
-    "writes",
-)
+from hyperlapse.record.config import RecorderConfig
+from hyperlapse.record.recorder import TrajectoryRecorder
 
 
-def check_config(
-    path: Any, every: Any, schedule: Any, dtype: Any, options: Mapping[str, Any]
-) -> Schedule:
-    """Validate an adapter's recorder configuration when the adapter is built.
-
-    Returns:
-        The schedule object (passed on to the recorder as ``schedule=``).
+def build_config(
+    path: Any, every: Any, config: RecorderConfig | None, options: Mapping[str, Any]
+) -> RecorderConfig:
+    """Validate an adapter's recorder configuration when the adapter is built: the same
+    :class:`~hyperlapse.RecorderConfig` the recorder takes (no option list of its own).
 
     Raises:
         ConfigError: naming the bad argument.
@@ -51,14 +34,9 @@ def check_config(
             f"Expected the store path to be a str or os.PathLike (a local *.zarr path or a URL), "
             f"but got {type(path).__name__} {path!r}."
         )
-    unknown = sorted(set(options) - set(PASSTHROUGH))
-    if unknown:
-        raise ConfigError(
-            f"Expected recorder options among {list(PASSTHROUGH)}, but got unknown {unknown}. "
-            f"Check the spelling (see hyperlapse.TrajectoryRecorder)."
-        )
-    check_dtype_and_on_full(dtype, options.get("on_full", "block"))
-    return make_schedule(every, schedule)
+    if every is not None:
+        options = {**options, "every": every}
+    return RecorderConfig.build(config, **options)
 
 
 def resolve_alias(every: Any, alias_name: str, alias: Any) -> Any:
@@ -88,14 +66,19 @@ def start_at(recorder: TrajectoryRecorder, step: int) -> None:
     """Align a new recorder with a trainer that starts (or resumes) at optimizer step ``step``.
 
     Captures the state at ``step`` (the initial state of a fresh run; skipped when the store
-    already holds that step). A store that runs ahead of a resumed trainer is cut back to
-    ``step``: the resumed run replays those steps.
+    already holds that step). A trainer that starts past step 0 resumed from its checkpoint:
+    that is the decision to continue the stored run (``load_state_dict``). A store that runs
+    ahead of a resumed trainer is cut back to ``step``: the resumed run replays those steps.
 
     Raises:
+        StoreExistsError: a fresh run (step 0) on a store of another run (``mode="auto"``).
         ConfigError: the store holds a run past step 0 but the trainer starts from scratch.
     """
     if not recorder.active:
         return
+    if recorder.refused and step > 0:
+        # the trainer restored a checkpoint at `step`: the decision to continue that run
+        recorder.load_state_dict({**recorder.state_dict(), "step": step})
     stored = recorder.current_step
     if stored > step:
         if step == 0:

@@ -13,7 +13,7 @@ Example:
 The callback only unpacks trainer state; the recorder does the work
 (:class:`hyperlapse.TrajectoryRecorder`). One schedule tick per optimizer step
 (``trainer.global_step``), so gradient accumulation does not multiply snapshots. Install with
-``pip install "hyperlapse[lightning]"``.
+``pip install -e '.[lightning]'`` in a clone of hyperlapse (it is not on PyPI).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import warnings
 from typing import Any
 
 from hyperlapse.errors import ConfigError, HyperlapseWarning, MissingDependencyError, WriterError
+from hyperlapse.record.config import RecorderConfig
 from hyperlapse.record.recorder import TrajectoryRecorder
 
-from ._sync import advance_to, check_config, resolve_alias, scalars, start_at
+from ._sync import advance_to, build_config, resolve_alias, scalars, start_at
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -35,7 +36,8 @@ except ImportError:
     except ImportError as exc:
         raise MissingDependencyError(
             "hyperlapse.integrations.lightning needs PyTorch Lightning, which is not installed. "
-            "Install it with: pip install 'hyperlapse[lightning]'"
+            "Install it with: pip install -e '.[lightning]' in a clone of hyperlapse "
+            "(or pip install lightning)"
         ) from exc
 
 __all__ = ["HyperlapseCallback"]
@@ -51,15 +53,15 @@ class HyperlapseCallback(Callback):
         path: store path (``*.zarr``) or URL; an existing store of the same model is continued.
         every: capture every ``every`` optimizer steps (``trainer.global_step``).
         every_n_train_steps: the same, under the name Lightning's ``ModelCheckpoint`` uses.
-        schedule: instead of ``every``: ``"log"`` or ``callable(step) -> bool``.
-        dtype: stored dtype ("float32", "float16", "bfloat16").
         module: attribute path of the submodule to record (e.g. ``"net"``); default: the whole
             ``LightningModule``.
         log_metrics: store ``trainer.callback_metrics`` (scalars logged with ``self.log``)
             with the snapshots.
-        **options: passed to :class:`hyperlapse.TrajectoryRecorder` (``on_full``, ``buffers``,
-            ``flush_every_s``, ``snapshots_per_chunk``, ``queue_size``, ``report``, ``fsync``,
-            ``compression``, ``probes``, ``architecture``).
+        config: a :class:`hyperlapse.RecorderConfig` (the recorder's options, validated).
+        **options: options of :class:`hyperlapse.RecorderConfig` (``schedule``, ``dtype``,
+            ``mode``, ``flush_every_s``, ...), replacing those of ``config``. ``mode="auto"``
+            continues a store only from a Lightning checkpoint (``ckpt_path``) or when the
+            model equals its last snapshot; ``mode="overwrite"`` replaces it.
 
     Raises:
         ConfigError: an invalid argument (here, not during training); at ``setup``: a strategy
@@ -76,25 +78,22 @@ class HyperlapseCallback(Callback):
         path: str | os.PathLike,
         every: int | None = None,
         *,
-        schedule: Any = None,
-        dtype: str = "float32",
         module: str | None = None,
         log_metrics: bool = True,
         every_n_train_steps: int | None = None,
+        config: RecorderConfig | None = None,
         **options: Any,
     ) -> None:
         every = resolve_alias(every, "every_n_train_steps", every_n_train_steps)
-        self._schedule = check_config(path, every, schedule, dtype, options)
+        self.config = build_config(path, every, config, options)
         if module is not None and not isinstance(module, str):
             raise ConfigError(
                 f"Expected module to be the attribute path of a submodule (e.g. 'net') or None, "
                 f"but got {type(module).__name__} {module!r}."
             )
         self.path = os.fspath(path)
-        self.dtype = dtype
         self.module = module
         self.log_metrics = bool(log_metrics)
-        self.options = options
         self.recorder: TrajectoryRecorder | None = None
         self._loaded_state: dict[str, Any] | None = None
         self._final_state: dict[str, Any] | None = None
@@ -122,13 +121,7 @@ class HyperlapseCallback(Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
-        self.recorder = TrajectoryRecorder(
-            self.path,
-            self._target(pl_module),
-            schedule=self._schedule,
-            dtype=self.dtype,
-            **self.options,
-        )
+        self.recorder = TrajectoryRecorder(self.path, self._target(pl_module), config=self.config)
         state, self._loaded_state = self._loaded_state, None  # a checkpoint's state, used once
         if state is not None:
             self.recorder.load_state_dict(state)

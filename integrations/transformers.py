@@ -12,27 +12,31 @@ Example:
 
 One schedule tick per optimizer step (``state.global_step``: gradient accumulation counted
 once); the values passed to ``on_log`` (loss, learning rate, grad norm, ...) are stored with the
-snapshots. Install with ``pip install "hyperlapse[transformers]"``.
+snapshots. Install with ``pip install -e '.[transformers]'`` in a clone of hyperlapse (it is
+not on PyPI).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any
 
 from hyperlapse.errors import ConfigError, MissingDependencyError
+from hyperlapse.record.config import RecorderConfig
 from hyperlapse.record.recorder import TrajectoryRecorder
 from hyperlapse.record.schedule import make_schedule
 
-from ._sync import RUN_SUMMARIES, advance_to, check_config, scalars, start_at
+from ._sync import RUN_SUMMARIES, advance_to, build_config, scalars, start_at
 
 try:
     from transformers import TrainerCallback
 except ImportError as exc:
     raise MissingDependencyError(
         "hyperlapse.integrations.transformers needs Hugging Face transformers, which is not "
-        "installed. Install it with: pip install 'hyperlapse[transformers]'"
+        "installed. Install it with: pip install -e '.[transformers]' in a clone of hyperlapse "
+        "(or pip install transformers accelerate)"
     ) from exc
 
 __all__ = ["HyperlapseCallback"]
@@ -62,12 +66,12 @@ class HyperlapseCallback(TrainerCallback):
             ``"logging_steps"`` / ``"save_steps"`` / ``"eval_steps"``: the interval of that
             ``TrainingArguments`` field, read when training begins (a snapshot beside each log
             line or checkpoint).
-        schedule: instead of ``every``: ``"log"`` or ``callable(step) -> bool``.
-        dtype: stored dtype ("float32", "float16", "bfloat16").
         log_metrics: store the scalars the trainer logs (``on_log``) with the snapshots; the
             end-of-training run summaries (``train_runtime``, ``total_flos``, ...) are not
             per-snapshot values and are left out.
-        **options: passed to :class:`hyperlapse.TrajectoryRecorder`.
+        config: a :class:`hyperlapse.RecorderConfig` (the recorder's options, validated).
+        **options: options of :class:`hyperlapse.RecorderConfig` (``schedule``, ``dtype``,
+            ``mode``, ...), replacing those of ``config``.
 
     Raises:
         ConfigError: an invalid argument (here, not during training); at train begin: FSDP or
@@ -82,11 +86,10 @@ class HyperlapseCallback(TrainerCallback):
     def __init__(
         self,
         path: str | os.PathLike,
-        every: int | None = None,
+        every: int | str | None = None,
         *,
-        schedule: Any = None,
-        dtype: str = "float32",
         log_metrics: bool = True,
+        config: RecorderConfig | None = None,
         **options: Any,
     ) -> None:
         self._every_field = every if isinstance(every, str) else None
@@ -95,13 +98,9 @@ class HyperlapseCallback(TrainerCallback):
                 f"Expected every to be a number of steps or one of {list(_INTERVAL_FIELDS)} "
                 f"(a TrainingArguments field), but got {every!r}."
             )
-        self._schedule = check_config(
-            path, 1 if self._every_field else every, schedule, dtype, options
-        )
+        self.config = build_config(path, None if self._every_field else every, config, options)
         self.path = os.fspath(path)
-        self.dtype = dtype
         self.log_metrics = bool(log_metrics)
-        self.options = options
         self.recorder: TrajectoryRecorder | None = None
 
     def on_train_begin(
@@ -117,13 +116,13 @@ class HyperlapseCallback(TrainerCallback):
             )
         if not state.is_world_process_zero or model is None:
             return
+        config = self.config
         if self._every_field is not None:
-            self._schedule = _interval_from_args(
+            schedule = _interval_from_args(
                 args, self._every_field, int(getattr(state, "max_steps", 0) or 0)
             )
-        recorder = TrajectoryRecorder(
-            self.path, model, schedule=self._schedule, dtype=self.dtype, **self.options
-        )
+            config = dataclasses.replace(config, every=None, schedule=schedule)
+        recorder = TrajectoryRecorder(self.path, model, config=config)
         try:
             start_at(recorder, state.global_step)
         except BaseException:

@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "TrajectoryRecorder": "hyperlapse.record.recorder",
+    "RecorderConfig": "hyperlapse.record.config",
     "open_trajectory": "hyperlapse.store.reader",
     "open_trajectories": "hyperlapse.store.reader",
     "Trajectory": "hyperlapse.store.reader",

@@ -118,7 +118,8 @@ def run_demo(
         probes=Xte[:64].double(),
         title="hyperlapse demo: digits (live)",
     )
-    with TrajectoryRecorder(store, model, every=every, report=live) as rec:
+    # the demo owns its output folder: a rerun replaces its stores instead of appending
+    with TrajectoryRecorder(store, model, every=every, report=live, mode="overwrite") as rec:
         rec.attach(opt)
         loss = _train(model, opt, Xtr, ytr, steps, 64, seed, rec)
     with torch.no_grad():
@@ -147,7 +148,7 @@ def run_demo(
     store = out / "moons.zarr"
     _say(quiet, "", f"[2/2] moons: training a 2-32-32-2 sigmoid MLP for {steps} steps, then "
          f"`hyperlapse analyze` into {out / 'moons'}")
-    with TrajectoryRecorder(store, model, every=every) as rec:
+    with TrajectoryRecorder(store, model, every=every, mode="overwrite") as rec:
         rec.attach(opt)
         loss = _train(model, opt, X, y, steps, len(X), seed, rec)
     with torch.no_grad():

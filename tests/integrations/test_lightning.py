@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import hyperlapse
-from hyperlapse.errors import ConfigError, HyperlapseWarning
+from hyperlapse.errors import ConfigError, HyperlapseWarning, StoreExistsError
 
 L = pytest.importorskip("lightning")
 from hyperlapse.integrations.lightning import HyperlapseCallback  # noqa: E402
@@ -168,12 +168,18 @@ def test_resume_from_mid_run_checkpoint_replays_steps(tmp_path):
     _assert_final(traj, second.net, prefix="net.")
 
 
-def test_fresh_run_on_a_used_store_is_refused(tmp_path):
+def test_fresh_run_on_a_used_store_is_refused_unless_overwritten(tmp_path):
     path = tmp_path / "run.zarr"
     _trainer(tmp_path, HyperlapseCallback(path, every=1), max_steps=2).fit(TinyModule())
-    with pytest.raises(ConfigError, match="starts from step 0"):
+    with pytest.raises(StoreExistsError, match="mode='overwrite'"):
         _trainer(tmp_path, HyperlapseCallback(path, every=1), max_steps=2).fit(TinyModule())
     assert hyperlapse.open_trajectory(path).steps.tolist() == [0, 1, 2]  # left untouched
+    model = TinyModule()
+    callback = HyperlapseCallback(path, every=1, mode="overwrite")  # mode passes through
+    _trainer(tmp_path, callback, max_steps=1).fit(model)
+    traj = hyperlapse.open_trajectory(path)
+    assert traj.steps.tolist() == [0, 1]
+    _assert_final(traj, model.net, prefix="net.")
 
 
 def test_module_option_records_a_submodule(tmp_path):
@@ -271,6 +277,6 @@ def test_unknown_submodule_fails_at_setup(tmp_path):
 
 def test_every_n_train_steps_is_an_alias_of_every(tmp_path):
     cb = HyperlapseCallback(tmp_path / "run.zarr", every_n_train_steps=3)
-    assert cb._schedule.describe() == {"kind": "every", "n": 3}
+    assert cb.config.make_schedule().describe() == {"kind": "every", "n": 3}
     with pytest.raises(ConfigError, match="only one"):
         HyperlapseCallback(tmp_path / "run.zarr", every=2, every_n_train_steps=3)

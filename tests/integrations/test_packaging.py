@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 import sys
 from pathlib import Path
 
@@ -65,14 +64,19 @@ def test_adapter_without_its_trainer_names_the_extra(monkeypatch, name, hidden):
     for module in hidden:  # make the trainer package unimportable for this test
         monkeypatch.setitem(sys.modules, module, None)
     monkeypatch.delitem(sys.modules, f"hyperlapse.integrations.{name}")
-    with pytest.raises(MissingDependencyError, match=rf"pip install 'hyperlapse\[{name}\]'"):
+    with pytest.raises(MissingDependencyError, match=rf"pip install -e '\.\[{name}\]'"):
         importlib.import_module(f"hyperlapse.integrations.{name}")
 
 
-def test_adapters_pass_every_recorder_option_through():
-    from hyperlapse.integrations._sync import PASSTHROUGH
+def test_adapters_build_the_recorders_config():
+    """One option list: the adapters take and validate the recorder's RecorderConfig."""
+    from hyperlapse.integrations._sync import build_config
 
-    from hyperlapse import TrajectoryRecorder
+    from hyperlapse import RecorderConfig
+    from hyperlapse.errors import ConfigError
 
-    own = {"path", "model", "every", "schedule", "dtype"}  # the adapters set these themselves
-    assert set(inspect.signature(TrajectoryRecorder).parameters) - own == set(PASSTHROUGH)
+    config = build_config("r.zarr", 5, None, {"dtype": "bfloat16", "mode": "overwrite"})
+    assert isinstance(config, RecorderConfig)
+    assert (config.every, config.dtype, config.mode) == (5, "bfloat16", "overwrite")
+    with pytest.raises(ConfigError, match="unknown"):
+        build_config("r.zarr", None, None, {"evry": 5})

@@ -59,7 +59,7 @@ def test_live_report_catches_up_from_the_store_instead_of_dropping(
 ):
     """Both hand-over queues overflow (a listener slower than training): every snapshot is
     still reported, in order, the missing ones read back from the store; the counts add up."""
-    import hyperlapse.record.recorder as recorder_module
+    import hyperlapse.record.pipeline as recorder_module
 
     monkeypatch.setattr(recorder_module, "_REPORT_QUEUE", 1)
     original = session_mod.ReportSession.process
@@ -93,7 +93,7 @@ def test_live_report_catches_up_from_the_store_instead_of_dropping(
 
 
 def test_live_report_without_catch_up_drops_and_counts(tmp_path, monkeypatch):
-    import hyperlapse.record.recorder as recorder_module
+    import hyperlapse.record.pipeline as recorder_module
 
     # the recorder's hand-over queue holds every snapshot, so the drops are the LiveReport's
     # own (with a short queue, a loaded machine could drop them all before the LiveReport)

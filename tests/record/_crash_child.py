@@ -31,6 +31,12 @@ def main(path: str) -> None:
     # short commits on purpose (the crash bound under test): not the write-amplification advice
     warnings.filterwarnings("ignore", message="flush_every_s=", category=HyperlapseWarning)
     model = make_model()
+    from _kill_child import last_stored_step
+
+    last = last_stored_step(path)
+    with torch.no_grad():  # resuming: the model is the last stored snapshot (a continuation)
+        for name, value in weights_for_step(model, last or 0).items():
+            model.get_parameter(name).copy_(value)
     rec = TrajectoryRecorder(path, model, every=1, snapshots_per_chunk=8, flush_every_s=0.05)
     step = rec.current_step  # 0, or the last stored step when resuming (captured again: no-op)
     while True:

@@ -35,6 +35,18 @@ def schedule_kwargs(config: dict) -> dict:
     return {"every": int(kind)}
 
 
+def last_stored_step(path: str) -> int | None:
+    """The step of the last committed snapshot at ``path`` (None: nothing committed)."""
+    from hyperlapse import open_trajectory
+    from hyperlapse.errors import HyperlapseError
+
+    try:
+        traj = open_trajectory(path)
+    except HyperlapseError:
+        return None
+    return int(traj.steps[-1]) if len(traj) else None
+
+
 def _set(model: nn.Module, step: int) -> None:
     with torch.no_grad():
         for name, value in weights_for_step(model, step).items():
@@ -48,6 +60,9 @@ def record(path: str, config: dict, progress, close_after: int | None) -> None:
 
     torch.set_num_threads(1)
     model = make_model()
+    last = last_stored_step(path)
+    if last is not None:  # a true continuation: the model is the last stored snapshot
+        _set(model, last)
     rec = TrajectoryRecorder(
         path,
         model,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hyperlapse import TrajectoryRecorder, open_trajectory
-from hyperlapse.record.recorder import _BufferPool
+from hyperlapse.record.pipeline import _BufferPool
 
 
 def test_pool_is_last_in_first_out_and_waits_for_a_put() -> None:

@@ -81,6 +81,7 @@ def test_sigkill_at_random_moments_with_a_concurrent_reader(tmp_path) -> None:
         assert len(traj) >= checked  # what a reader saw committed is never lost
         _check(traj, 0, model)
         committed_before = len(traj)
+    model.load_state_dict(open_trajectory(path)[-1])  # the run's continuation (mode="auto")
     with TrajectoryRecorder(path, model, snapshots_per_chunk=8) as rec:  # a clean resume
         last = rec.current_step
         with torch.no_grad():

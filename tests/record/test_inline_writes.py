@@ -69,6 +69,7 @@ def test_inline_resume_continues_the_store(tmp_path) -> None:
     first = open_trajectory(path)
     n, w0 = len(first), first[2]["0.weight"].clone()
     model = nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 4))
+    model.load_state_dict(first[-1])  # the continuation of the stored run
     with TrajectoryRecorder(path, model, writes="inline") as rec:
         for step in range(1, 8):
             with torch.no_grad():
@@ -119,8 +120,11 @@ def test_a_failed_inline_write_raises_at_that_capture_and_keeps_committed(tmp_pa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(inplace.ShardFile, "write", full_disk)
-    with pytest.raises(WriterError, match="No space left"):
+    with pytest.raises(WriterError, match="No space left") as info:
         rec.capture(step=6)
+    # issue 16 item 12: said where it failed (on 146d920: "failed in the background")
+    assert "on the training thread" in str(info.value)
+    assert "background" not in str(info.value)
     with pytest.raises(WriterError):  # every later capture too: nothing recorded silently
         rec.capture(step=7)
     monkeypatch.undo()

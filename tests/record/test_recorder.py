@@ -328,7 +328,10 @@ def test_writer_failure_is_raised_on_the_training_thread(tmp_path, monkeypatch) 
 
 
 def test_writer_failure_at_close(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(StoreWriter, "close", lambda self: (_ for _ in ()).throw(OSError("disk")))
+    def failing_close(self, **kwargs):
+        raise OSError("disk")
+
+    monkeypatch.setattr(StoreWriter, "close", failing_close)
     rec = TrajectoryRecorder(tmp_path / "r.zarr", _mlp())
     with pytest.raises(WriterError, match="disk") as info:
         rec.close()

@@ -36,6 +36,10 @@ LEASE_S = 600.0
 
 __all__ = ["WriterLock", "break_lock", "owner_text", "writer_alive"]
 
+#: Local store folders whose flock this process holds: a second writer here is told that an
+#: unclosed writer of its own process holds the lock, not "another writer (pid <its own>)".
+_HELD_HERE: set[str] = set()
+
 
 def _owner() -> dict[str, Any]:
     return {
@@ -93,6 +97,7 @@ class WriterLock:
         self.owner = _owner()
         self.mode = "lease"
         self._fd: int | None = None
+        self._key: str | None = None
         self._claimed = False  # the first commit writes our owner record
 
     def acquire(self, current: dict[str, Any] | None) -> None:
@@ -115,6 +120,8 @@ class WriterLock:
             except BlockingIOError:
                 os.close(fd)
                 self.mode = "flock"
+                if _key(path) in _HELD_HERE:
+                    raise self._held_here() from None
                 owner = (current or {}).get("writer") or _read_owner(self.location)
                 raise self._locked(owner) from None
             except (ImportError, OSError) as exc:  # no flock here (Windows, some NFS): lease
@@ -126,6 +133,8 @@ class WriterLock:
             else:
                 self._fd = fd
                 self.mode = "flock"
+                self._key = _key(path)
+                _HELD_HERE.add(self._key)
                 return
         self._check_lease((current or {}).get("writer"))
 
@@ -157,6 +166,14 @@ class WriterLock:
         self.owner["heartbeat"] = time.time()
         return self.owner
 
+    def _held_here(self) -> StoreLockedError:
+        return StoreLockedError(
+            f"Expected to be the only writer of the store at '{self.location}', but an unclosed "
+            f"recorder (or StoreWriter) in this process (pid {os.getpid()}) holds it. close() "
+            f"that recorder first (or use `with TrajectoryRecorder(...) as rec:`), or record "
+            f"to another path."
+        )
+
     def _locked(self, owner: Any, lost: bool = False) -> StoreLockedError:
         if lost:
             return StoreLockedError(
@@ -186,9 +203,14 @@ class WriterLock:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # closing the descriptor releases the flock
+            _HELD_HERE.discard(self._key or "")
 
     def __del__(self) -> None:
         self.release()
+
+
+def _key(path: Any) -> str:
+    return os.path.realpath(os.fspath(path))
 
 
 def _read_owner(location: str | os.PathLike) -> Any:

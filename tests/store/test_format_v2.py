@@ -196,10 +196,11 @@ def test_failed_creation_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
 
 def test_resume_removes_stray_partial_files(tmp_path) -> None:
     path = tmp_path / "run.zarr"
-    _record(path, steps=3)
+    model = _record(path, steps=3)
     stray = path / "params" / "0.weight" / "c" / "0" / "0" / "0.1234abcd.partial"
     stray.write_bytes(b"half a shard")
-    _record(path, steps=3)  # resumes (same model, same steps: nothing new)
+    # a true continuation (the model as last stored) reopens the store: the writer tidies it
+    TrajectoryRecorder(path, model, every=1, snapshots_per_chunk=4).close()
     assert not stray.exists()
 
 

@@ -30,10 +30,17 @@ CHILD = textwrap.dedent(
     """
     import sys, time, torch
     from torch import nn
-    from hyperlapse import TrajectoryRecorder
+    from hyperlapse import TrajectoryRecorder, open_trajectory
+    from hyperlapse.errors import StoreError
 
     torch.set_num_threads(1)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    try:  # continue the killed run from its last committed snapshot (a true continuation)
+        traj = open_trajectory(sys.argv[1])
+        if len(traj):
+            model.load_state_dict(traj[-1])
+    except StoreError:
+        pass
     rec = TrajectoryRecorder(sys.argv[1], model, every=1, snapshots_per_chunk=4,
                              flush_every_s=0.05)
     step = rec.current_step

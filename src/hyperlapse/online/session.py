@@ -6,6 +6,7 @@ and at the end the plots and ``report.html``. Shared by :class:`~hyperlapse.onli
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..progress import write as write_above_progress
 from ..report.jsonl import ReportWriter
 from ..report.schema import Report
@@ -77,6 +79,7 @@ class ReportSession:
         volume_layer: hidden layer of the volume-element maps (default: the last hidden one).
         volume_grid: points per side of the volume-element maps.
         title: of the HTML page.
+        append: keep an existing ``reports.jsonl`` (a restart: see :meth:`load_state`).
         **online: arguments of :class:`~hyperlapse.online.encoder.OnlineEncoder`.
     """
 
@@ -93,6 +96,7 @@ class ReportSession:
         title: str = "hyperlapse report",
         total: int | None = None,
         volume_grid: int = 64,
+        append: bool = False,
         **online: Any,
     ) -> None:
         self.out = Path(out)
@@ -123,7 +127,7 @@ class ReportSession:
         self.disk_hubs: dict[int, list[int]] = {}
         self.first_state: dict[str, Tensor] | None = None
         self.last_state: dict[str, Tensor] | None = None
-        self.writer = ReportWriter(self.out / "reports.jsonl")
+        self.writer = ReportWriter(self.out / "reports.jsonl", append=append)
         self.seconds = 0.0
         self.html: Path | None = None
 
@@ -157,6 +161,50 @@ class ReportSession:
                 line = f"[{report['index'] + 1}/{self.total}] " + line
             write_above_progress(line)
         return report
+
+    # ----------------------------------------------------------------------------- restart
+    def state(self) -> dict[str, Any]:
+        """What :meth:`load_state` needs to continue this session in a new process (the
+        analyzer itself included); the reports are re-read from ``reports.jsonl``."""
+        return {
+            "online": self.online,
+            "disk": self.disk,
+            "disk_hubs": self.disk_hubs,
+            "first_state": self.first_state,
+            "last_state": self.last_state,
+            "last": getattr(self, "_last", None),
+            "seconds": self.seconds,
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state` of an earlier session on the same run and options."""
+        self.online = state["online"]
+        self.disk, self.disk_hubs = dict(state["disk"]), dict(state["disk_hubs"])
+        self.first_state, self.last_state = state["first_state"], state["last_state"]
+        if state["last"] is not None:
+            self._last = state["last"]
+        self.seconds = float(state["seconds"])
+
+    def truncate_reports(self, count: int) -> None:
+        """Keep the first ``count`` reports of ``reports.jsonl`` (a restart: rows written
+        after the checkpoint are analysed again), and hold them in :attr:`reports`."""
+        from ..report.jsonl import read_reports
+
+        path = self.out / "reports.jsonl"
+        self.writer.close()
+        kept = read_reports(path, check=False)[:count] if path.is_file() else []
+        if len(kept) < count:
+            raise ConfigError(
+                f"Expected {count} reports in '{path}' to continue the analysis, found "
+                f"{len(kept)}. Delete '{self.out}' to analyse the run from the start."
+            )
+        tmp = path.with_name(path.name + ".partial")
+        with ReportWriter(tmp) as writer:  # then renamed: a crash here keeps the old file
+            for report in kept:
+                writer.write(report)
+        os.replace(tmp, path)
+        self.writer = ReportWriter(path, append=True)
+        self.reports = kept
 
     def close_writer(self) -> None:
         self.writer.close()

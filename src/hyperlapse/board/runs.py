@@ -6,7 +6,6 @@ board's memory holds one small entry per run, never per snapshot.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -232,8 +231,3 @@ class RunIndex:
                 info = {"status": "damaged", "detail": str(exc)}
             out.append({"name": name, **info, "analysed": self.analysed(name)})
         return out
-
-
-def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)

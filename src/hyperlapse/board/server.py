@@ -4,6 +4,7 @@ background until Ctrl-C."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,10 @@ from typing import Any
 from ..errors import ConfigError, MissingDependencyError
 
 __all__ = ["serve"]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def serve(
@@ -74,12 +79,16 @@ def serve(
         print(f"hyperlapse board: http://{host}:{port}/  ({index.root}; {analyser.note}). "
               f"Ctrl-C stops.", file=sys.stderr, flush=True)
     analyser.start()
+    # uvicorn re-raises the signal that stopped it once it has shut down: make SIGTERM end
+    # like Ctrl-C (KeyboardInterrupt), so the analysis below is closed either way
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run()  # handles SIGINT/SIGTERM itself: returns after a graceful shutdown
     except SystemExit:  # uvicorn exits when it cannot bind
         pass
     finally:
         analyser.stop()
+        signal.signal(signal.SIGTERM, previous)
     if not server.started:
         raise ConfigError(
             f"hyperlapse board could not listen on {host}:{port} (in use?). Pick another port "

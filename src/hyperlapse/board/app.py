@@ -136,7 +136,8 @@ def create_app(index: RunIndex, analyser: Any = None) -> Starlette:
         return JSONResponse(body)
 
     def plotly(request: Request) -> Response:
-        return FileResponse(js, media_type="text/javascript")
+        return FileResponse(js, media_type="text/javascript",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     routes = [
         Route("/", page("index.html")),

@@ -394,10 +394,18 @@ def volume_frame(store: str | Path, index: int, *, grid: int = VOLUME_GRID) -> d
         phi = feature_map(state, arch, layer)
         lv = log_volume_element(jacobian(phi, probes))
         logits = mlp_forward(state, arch, probes, dtype=torch.float64)[-1]
+    binary = logits.shape[-1] <= 2
+    if logits.shape[-1] == 2:  # a smooth boundary: the logit difference, drawn at 0
+        boundary = logits[..., 1] - logits[..., 0]
+    elif logits.shape[-1] == 1:
+        boundary = logits[..., 0]
+    else:
+        boundary = logits.argmax(-1).double()
     cls = logits.argmax(-1) if logits.shape[-1] > 1 else (logits[..., 0] > 0).long()
     return {
         "index": index, "step": int(traj.steps[index]), "layer": layer,
         "x": xs.tolist(), "y": ys.tolist(),
         "log_volume": lv.reshape(grid, grid).tolist(),
         "cls": cls.reshape(grid, grid).tolist(),
+        "boundary": boundary.reshape(grid, grid).tolist(), "binary": binary,
     }

@@ -68,6 +68,12 @@ def serve(
     from .runs import RunIndex
 
     torch.set_num_threads(threads)
+    # imported before listening, so the first page does not wait for them (seconds on 2 cores)
+    from ..geometry import pullback  # noqa: F401
+    from ..store import reader  # noqa: F401
+    if analyse:
+        from ..online import runner  # noqa: F401
+
     index = RunIndex(path, rescan_s=poll_s)
     analyser = Analyser(index, threads=threads, seed=seed, poll_s=poll_s, analyse=analyse,
                         **online)

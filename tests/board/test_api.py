@@ -243,3 +243,40 @@ def test_write_comparison_is_self_contained(tmp_path):
     assert "window.HYPERLAPSE_STATIC" in text and "Plotly" in text
     assert '"a.zarr"' in text and '"b.zarr"' in text
     assert not os.path.exists(str(out) + ".partial")
+
+
+def test_ctrl_c_stops_the_board_cleanly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    record(tmp_path / "a.zarr", snapshots=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "board.log"
+    with open(log, "w") as err:
+        board = subprocess.Popen([sys.executable, "-m", "hyperlapse.cli", "board", str(tmp_path),
+                                  "--port", str(port)], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            end = time.monotonic() + 60
+            while True:
+                try:
+                    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs").read()
+                    break
+                except OSError:
+                    assert board.poll() is None and time.monotonic() < end, log.read_text()
+                    time.sleep(0.1)
+            assert json.loads(body)[0]["name"] == "a.zarr"
+            assert Analyser(RunIndex(tmp_path)).role == "reader"  # the board holds the lock
+        finally:
+            board.send_signal(signal.SIGINT)
+            code = board.wait(timeout=60)
+    text = log.read_text()
+    assert code == 130 and "Traceback" not in text, text
+    assert "hyperlapse board: interrupted" in text
+    again = Analyser(RunIndex(tmp_path))
+    assert again.role == "analyser"  # released by the stopped board
+    again.stop()

@@ -4,6 +4,7 @@
 
 const STATIC = window.HYPERLAPSE_STATIC || null;
 const POLL_MS = 1000;
+const SERIES_MS = 3000;
 const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
   "#e377c2", "#7f7f7f", "#bcbd22"];
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
@@ -106,8 +107,8 @@ function layerColor(layer) { return PALETTE[layer % PALETTE.length]; }
 async function runPage() {
   const name = new URLSearchParams(window.location.search).get("name");
   $("name").textContent = name; document.title = "hyperlapse: " + name;
-  const state = { snapshots: -1, analysed: -1, frame: -1, playing: null, volume: null, vrange: null,
-    busy: false };
+  const state = { snapshots: -1, analysed: -1, reported: -1, frame: -1, playing: null, volume: null,
+    vrange: null, busy: false, metricsAt: -Infinity, reportsAt: -Infinity };
   const slider = $("slider");
 
   async function drawFrame(i) {
@@ -265,21 +266,24 @@ async function runPage() {
       const a = run.analysis || {};
       $("analysis").textContent = "analysis: " + a.state + (a.error ? " (" + a.error + ")" : "");
       $("detail").textContent = run.detail || "";
-      if (run.snapshots !== state.snapshots && run.snapshots > 0) {
-        state.snapshots = run.snapshots;
+      /* the series are re-read whole (decimated): at most every SERIES_MS while a run grows */
+      const now = Date.now();
+      if (run.snapshots !== state.snapshots && run.snapshots > 0 && now - state.metricsAt >= SERIES_MS) {
+        state.snapshots = run.snapshots; state.metricsAt = now;
         try { drawMetrics(await api(name, "metrics")); } catch (e) { /* damaged: status says */ }
         if (state.volume === null && run.widths && run.widths[0] === 2) await setupVolume(run.snapshots);
       }
       if (run.analysed !== state.analysed) {
         state.analysed = run.analysed;
         slider.max = Math.max(run.analysed - 1, 0);
-        if (run.analysed > 0) {
-          drawReports(await api(name, "reports"));
-          if ($("follow").checked || state.frame < 0) {
-            slider.value = run.analysed - 1;
-            await drawFrame(run.analysed - 1);
-          }
+        if (run.analysed > 0 && ($("follow").checked || state.frame < 0)) {
+          slider.value = run.analysed - 1;
+          await drawFrame(run.analysed - 1);
         }
+      }
+      if (run.analysed > 0 && run.analysed !== state.reported && now - state.reportsAt >= SERIES_MS) {
+        state.reported = run.analysed; state.reportsAt = now;
+        drawReports(await api(name, "reports"));
       }
     } catch (e) { /* the server restarted or is gone: keep the page, try again */ }
     finally { state.busy = false; }

@@ -153,7 +153,8 @@ async function runPage() {
         contours: v.binary ? { coloring: "none", start: 0, end: 0, size: 1 } : { coloring: "none" },
         line: { color: "white", width: 1.5 }, name: "decision boundary" },
     ], layout(`log volume element, hidden layer ${v.layer}, step ${v.step} (white: decision boundary)`, {
-      xaxis: { title: { text: "x1" } }, yaxis: { title: { text: "x2" }, scaleanchor: "x" },
+      xaxis: { title: { text: "x1" }, zeroline: false, constrain: "domain" },
+      yaxis: { title: { text: "x2" }, scaleanchor: "x", zeroline: false, constrain: "domain" },
       margin: { l: 50, r: 10, t: 40, b: 50 }, showlegend: false,
     }), PLOT_CONFIG);
     $("volume").hidden = false;

@@ -108,9 +108,11 @@ def test_board_in_chromium_while_a_recorder_writes(tmp_path):
             # the time-lapse: once a few snapshots are analysed, the slider moves the disk
             page.wait_for_function("Number(document.getElementById('analysed').textContent) >= 4",
                                    timeout=90_000)
-            page.wait_for_function("document.getElementById('disk').data !== undefined",
-                                   timeout=30_000)
+            page.wait_for_function(  # a frame past the first is drawn (following the newest)
+                "Number((document.getElementById('frame').textContent.match(/^snapshot (\\d+) /)"
+                " || [0, 0])[1]) >= 3", timeout=30_000)
             page.uncheck("#follow")
+            page.wait_for_timeout(300)  # a frame requested before the uncheck may still land
             shown = page.evaluate("document.getElementById('disk').data[1].x")
             page.evaluate("""() => { const s = document.getElementById('slider');
                 s.value = 0; s.dispatchEvent(new Event('input')); }""")

@@ -108,13 +108,15 @@ async function runPage() {
   const name = new URLSearchParams(window.location.search).get("name");
   $("name").textContent = name; document.title = "hyperlapse: " + name;
   const state = { snapshots: -1, analysed: -1, reported: -1, frame: -1, playing: null, volume: null,
-    vrange: null, busy: false, metricsAt: -Infinity, reportsAt: -Infinity };
+    vrange: null, busy: false, metricsAt: -Infinity, reportsAt: -Infinity, ticket: 0 };
   const slider = $("slider");
 
   async function drawFrame(i) {
     if (i < 0) return;
+    const ticket = ++state.ticket;  /* a slow answer for an older frame must not win */
     let f;
     try { f = await api(name, "embedding", "i=" + i); } catch (e) { return; }
+    if (ticket !== state.ticket) return;
     state.frame = i;
     const R = 1 / Math.sqrt(f.c);
     const types = ["input", "hidden", "output"];

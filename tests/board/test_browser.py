@@ -88,6 +88,8 @@ def test_board_in_chromium_while_a_recorder_writes(tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
+                    if r.status >= 400 else None)
 
             # the run list: the live run appears (the writer may start after the page)
             page.goto(url + "/")

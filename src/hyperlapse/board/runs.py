@@ -6,6 +6,7 @@ board's memory holds one small entry per run, never per snapshot.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -214,10 +215,18 @@ class RunIndex:
         return dict(info)
 
     def analysed(self, name: str) -> int:
-        """Snapshots with a report in the board's analysis of ``name``."""
+        """Snapshots of ``name`` whose report and embedding row are both written (the report
+        line comes first: a page must not ask for a row that is not there yet)."""
         with self._lock:
             cache = self._lines.setdefault(name, {})
-        return count_lines(self.analysis_dir(name) / "reports.jsonl", cache)
+        out = self.analysis_dir(name)
+        lines = count_lines(out / "reports.jsonl", cache)
+        try:
+            with open(out / "embeddings.zarr" / "zarr.json", encoding="utf-8") as f:
+                rows = json.load(f).get("attributes", {}).get("committed")
+        except (OSError, ValueError):
+            return 0 if (out / "embeddings.zarr").exists() else lines
+        return lines if rows is None else min(lines, int(rows))
 
     def runs(self) -> list[dict[str, Any]]:
         """One entry per run (``GET /api/runs``)."""

@@ -285,6 +285,40 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"failed: {row['store']}: {row['error']}", file=sys.stderr)
     return 1 if failed else 0
 
+# -- board ---------------------------------------------------------------------------------------
+def _add_board(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "board",
+        help="serve a live web board over a folder of runs (time-lapse, curves, comparison)",
+        description="Serve a local web app over every trajectory store in DIR (new ones "
+        "included), live while they record: the run list with each run's state, each run's "
+        "time-lapse on the Poincare disk, its logged metrics and structure curves, and a "
+        "comparison of runs. New snapshots are analysed in one background worker; outputs go "
+        "to DIR/.hyperlapse-board/<run>/. A second board on the same folder only reads. "
+        "Ctrl-C stops. Example: hyperlapse board runs/",
+    )
+    p.add_argument("dir", metavar="DIR", help="folder of runs (trajectory stores, *.zarr)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on "
+                   "(default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=6060, help="port (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads of the background analysis (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the encoder (default: 0)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between checks for new "
+                   "snapshots and stores (default: 1)")
+    p.add_argument("--no-analysis", action="store_true", help="only show the stores and what "
+                   "an earlier analysis wrote")
+    p.set_defaults(func=_cmd_board)
+
+
+def _cmd_board(args: argparse.Namespace) -> int:
+    from .board.server import serve
+
+    serve(args.dir, host=args.host, port=args.port, threads=args.threads, seed=args.seed,
+          poll_s=args.poll, analyse=not args.no_analysis)
+    return 0
+
+
 # -- zoo and predict (weights as data) -----------------------------------------------------------
 def _add_zoo(sub: argparse._SubParsersAction) -> None:
     from .zoo.builders import ZOOS
@@ -497,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _ADDERS = [
     _add_demo, _add_info, _add_compact, _add_analyze, _add_watch, _add_sweep, _add_zoo,
-    _add_predict,
+    _add_predict, _add_board,
 ]
 
 

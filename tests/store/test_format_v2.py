@@ -199,7 +199,9 @@ def test_resume_removes_stray_partial_files(tmp_path) -> None:
     _record(path, steps=3)
     stray = path / "params" / "0.weight" / "c" / "0" / "0" / "0.1234abcd.partial"
     stray.write_bytes(b"half a shard")
-    _record(path, steps=3)  # resumes (same model, same steps: nothing new)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    model.load_state_dict(open_trajectory(path)[-1])  # the run's continuation: resumed
+    TrajectoryRecorder(path, model, every=1, snapshots_per_chunk=4).close()  # nothing new
     assert not stray.exists()
 
 

@@ -34,6 +34,11 @@ CHILD = textwrap.dedent(
 
     torch.set_num_threads(1)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    try:  # resuming: the model is the stored run's continuation (mode="auto")
+        from hyperlapse import open_trajectory
+        model.load_state_dict(open_trajectory(sys.argv[1])[-1])
+    except Exception:
+        pass
     rec = TrajectoryRecorder(sys.argv[1], model, every=1, snapshots_per_chunk=4,
                              flush_every_s=0.05)
     step = rec.current_step

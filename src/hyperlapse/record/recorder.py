@@ -27,7 +27,9 @@ from ..errors import (
     StoreExistsError,
     WriterError,
 )
+from ..store.format import VERSION as FORMAT_VERSION
 from ..store.format import check_compatible, resolve_compression
+from ..store.lock import WriterLock
 from ..store.writer import short_flush_warning
 from . import lifetime
 from .capture import DTYPES, CaptureLayout
@@ -118,11 +120,14 @@ class TrajectoryRecorder:
         if self.config.mode not in ("auto", "resume"):
             return None
         run = existing_run(self.path)
-        if run is not None:  # another model's store: the writer's own error, said first
-            check_compatible(run.attrs, self._parameters, self.architecture, self.path)
-        if run is None or run.continued_by(
-            self._names, self._tensors, DTYPES[self.config.dtype]
-        ) is not False:
+        if run is None or run.attrs.get("version") != FORMAT_VERSION:
+            return None  # nothing to continue, or a format the writer refuses in its words
+        # another model's store, or one being written: the writer's own errors, said first
+        check_compatible(run.attrs, self._parameters, self.architecture, self.path)
+        lock = WriterLock(self.path)
+        lock.acquire(run.attrs)
+        lock.release()
+        if run.continued_by(self._names, self._tensors, DTYPES[self.config.dtype]) is not False:
             return None
         return refusal(run, self.config.mode)
 

@@ -12,16 +12,16 @@ import torch
 from torch import nn
 
 from hyperlapse import TrajectoryRecorder, open_trajectory
-from hyperlapse.errors import HyperlapseError
+from hyperlapse.store.format import store_exists
 
 
 def main(path: str, writes: str = "auto") -> None:
     torch.set_num_threads(1)
     model = nn.Linear(128, 160)
-    try:  # resuming: the model is the stored run's continuation (mode="auto")
-        model.load_state_dict(open_trajectory(path)[-1])
-    except (HyperlapseError, IndexError):
-        pass
+    if store_exists(path):  # continue the killed run from its last committed snapshot
+        traj = open_trajectory(path)
+        if len(traj):
+            model.load_state_dict(traj[-1])
     rec = TrajectoryRecorder(path, model, snapshots_per_chunk=8, flush_every_s=0.1,
                              writes=writes)
     step = -1 if rec.writer.committed == 0 else rec.current_step

@@ -30,14 +30,16 @@ CHILD = textwrap.dedent(
     """
     import sys, time, torch
     from torch import nn
-    from hyperlapse import TrajectoryRecorder
+    from hyperlapse import TrajectoryRecorder, open_trajectory
+    from hyperlapse.errors import StoreError
 
     torch.set_num_threads(1)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
-    try:  # resuming: the model is the stored run's continuation (mode="auto")
-        from hyperlapse import open_trajectory
-        model.load_state_dict(open_trajectory(sys.argv[1])[-1])
-    except Exception:
+    try:  # continue the killed run from its last committed snapshot (a true continuation)
+        traj = open_trajectory(sys.argv[1])
+        if len(traj):
+            model.load_state_dict(traj[-1])
+    except StoreError:
         pass
     rec = TrajectoryRecorder(sys.argv[1], model, every=1, snapshots_per_chunk=4,
                              flush_every_s=0.05)
@@ -154,3 +156,36 @@ def test_sigkill_while_recording_to_s3_keeps_committed_snapshots(s3_env, tmp_pat
             for name, want in _weights_for_step(model, steps[t]).items():
                 assert torch.equal(traj[t][name], want), (t, name)
         before = len(steps)
+
+
+@pytest.fixture
+def no_aws_credentials(monkeypatch, tmp_path):
+    from hyperlapse.store import format as fmt
+
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-role lookup here
+    monkeypatch.setattr(fmt, "_S3_CREDENTIALS_FOUND", False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_s3_without_credentials_fails_fast_saying_what_to_do(no_aws_credentials, capsys):
+    from hyperlapse.cli import main
+    from hyperlapse.errors import StoreError
+    from hyperlapse.store.writer import StoreWriter
+
+    start = time.monotonic()
+    assert main(["info", "s3://some-bucket/x.zarr"]) == 1
+    err = capsys.readouterr().err
+    assert "needs AWS credentials, but none were found" in err and "aws configure" in err
+    assert "FSSPEC_S3_ANON" in err and "Traceback" not in err
+    with pytest.raises(StoreError, match="needs AWS credentials"):
+        StoreWriter("s3://some-bucket/x.zarr", [{"name": "w", "shape": [2], "dtype": "float32"}])
+    with pytest.raises(StoreError, match="needs AWS credentials"):
+        TrajectoryRecorder("s3://some-bucket/x.zarr", _mlp())
+    assert time.monotonic() - start < 10  # it took 24 s to a raw NoCredentialsError

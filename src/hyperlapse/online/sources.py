@@ -119,9 +119,8 @@ def wait_for_store(
     Raises:
         NotAStoreError: none appeared within ``timeout_s`` (``None``: wait for ever).
     """
-    from ..store.format import store_exists
-
     from ..errors import StoreNotReadyError
+    from ..store.format import store_exists
 
     start = time.monotonic()
     if store_exists(store):

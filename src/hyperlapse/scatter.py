@@ -1,7 +1,7 @@
 """Every scatter in hyperlapse goes through this one door.
 
 torch's native ``scatter_reduce``/``index_add_`` are used by default; when the optional
-``torch-scatter`` package is installed (``pip install hyperlapse[scatter]``) and
+``torch-scatter`` package is installed (``pip install -e '.[scatter]' in the hyperlapse clone``) and
 ``HYPERLAPSE_SCATTER`` is not ``"torch"``, its kernels are used instead. A test checks both agree.
 """
 

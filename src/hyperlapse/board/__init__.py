@@ -5,7 +5,7 @@
 * :class:`RunIndex` - the stores of a folder and their state;
 * :func:`write_comparison` - a self-contained HTML page overlaying runs, for sharing.
 
-Needs the ``board`` extra: ``pip install 'hyperlapse[board]'``.
+Needs the ``board`` extra: ``pip install -e '.[board]' in the hyperlapse clone``.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def plotly_js() -> Path:
     except ImportError as exc:
         raise MissingDependencyError(
             "hyperlapse board draws its charts with plotly.js from the `plotly` package, which "
-            "is not installed. Install it with: pip install 'hyperlapse[board]'"
+            "is not installed. Install it with: pip install -e '.[board]' in the hyperlapse clone"
         ) from exc
     path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     if not path.is_file():

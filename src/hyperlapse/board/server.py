@@ -59,7 +59,8 @@ def serve(
         import uvicorn
     except ImportError as exc:
         raise MissingDependencyError(
-            "hyperlapse board needs uvicorn and starlette: pip install 'hyperlapse[board]'"
+            "hyperlapse board needs uvicorn and starlette: "
+            "pip install -e '.[board]' in the hyperlapse clone"
         ) from exc
     import torch
 

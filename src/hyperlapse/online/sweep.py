@@ -166,7 +166,8 @@ def _on_dask(
     except ImportError as exc:
         raise MissingDependencyError(
             "Running a sweep on a dask scheduler needs dask.distributed, which is not "
-            "installed. Install it with: pip install 'hyperlapse[sweep]' (or run without "
+            "installed. Install it with: pip install -e '.[sweep]' in the hyperlapse clone "
+            "(or run without "
             "--scheduler, in this process)."
         ) from exc
     cluster = None

@@ -4,7 +4,7 @@ A predictor is a feature extractor (:mod:`hyperlapse.predict.features`), a choic
 snapshots, and a model: a scikit-learn model (gradient-boosted trees by default) on fixed
 features, or, for a trainable extractor (``features="encoder"``, the temporal encoder as a
 metanetwork), the head it was trained with end to end (``model="head"``, its default).
-scikit-learn is an optional dependency (``pip install 'hyperlapse[predict]'``).
+scikit-learn is an optional dependency (``pip install -e '.[predict]' in the hyperlapse clone``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _sklearn() -> Any:
         raise MissingDependencyError(
             "Learning from runs (hyperlapse.fit_predictor, 'hyperlapse predict') needs "
             "scikit-learn, which is not installed. Install it with "
-            "pip install 'hyperlapse[predict]' and try again."
+            "pip install -e '.[predict]' in the hyperlapse clone and try again."
         ) from exc
     return sklearn
 

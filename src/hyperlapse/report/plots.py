@@ -1,7 +1,8 @@
 """PNG plots of a run's structure reports (matplotlib, object API: no pyplot, thread-safe).
 
 Each function takes the reports (and, for the disk and heat maps, arrays) and writes one PNG;
-it returns the path. matplotlib is an optional dependency (``pip install hyperlapse[plots]``).
+it returns the path. matplotlib is an optional dependency (``pip install -e '.[plots]'`` in the
+hyperlapse clone).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _figure(width: float = 7.0, height: float = 3.6):
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependencyError(
             "Plots need matplotlib, which is not installed. Install it with "
-            "`pip install hyperlapse[plots]`, or pass plots=False."
+            "`pip install -e '.[plots]' in the hyperlapse clone`, or pass plots=False."
         ) from exc
     fig = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(fig)

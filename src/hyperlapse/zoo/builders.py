@@ -66,7 +66,7 @@ def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     except ImportError as exc:  # pragma: no cover - sklearn is in the test extra
         raise MissingDependencyError(
             "The digits zoos use scikit-learn's bundled digits data, but scikit-learn is not "
-            "installed. Install it (pip install 'hyperlapse[zoo]') and try again."
+            "installed. Install it (pip install -e '.[zoo]' in the hyperlapse clone) and try again."
         ) from exc
     X, y = load_digits(return_X_y=True)
     return X.astype(np.float32), y.astype(np.int64)

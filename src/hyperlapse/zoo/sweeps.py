@@ -73,7 +73,7 @@ def _sklearn_datasets() -> Any:
     except ImportError as exc:  # pragma: no cover - sklearn is in the zoo/test extras
         raise MissingDependencyError(
             "The sweep zoos use data from scikit-learn, which is not installed. Install it "
-            "(pip install 'hyperlapse[zoo]') and try again."
+            "(pip install -e '.[zoo]' in the hyperlapse clone) and try again."
         ) from exc
     return ds
 

@@ -281,9 +281,33 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     failed = [r for r in res["rows"] if r.get("error")]
     print(f"{len(res['rows'])} runs ({res['scheduler']}, {res['seconds_per_store']:.1f} s per "
           f"store) -> {res['csv']}")
+    page = _sweep_comparison(res["rows"], args.out)
+    if page is not None:
+        print(f"comparison page (static, for sharing): {page}")
     for row in failed:
         print(f"failed: {row['store']}: {row['error']}", file=sys.stderr)
     return 1 if failed else 0
+
+def _sweep_comparison(rows: list, out: str):
+    """The static comparison page of a sweep's runs (needs the board's plotly), or None."""
+    from pathlib import Path
+
+    from .errors import MissingDependencyError
+
+    ok = [r for r in rows if not r.get("error")]
+    if not ok:
+        return None
+    try:
+        from .board.static import write_comparison
+
+        names = {Path(r["out"]).name: r["store"] for r in ok}
+        return write_comparison(names, Path(out) / "comparison.html",
+                                analyses={Path(r["out"]).name: r["out"] for r in ok})
+    except (ImportError, MissingDependencyError):
+        print("no comparison page: it needs the board extra "
+              "(pip install -e '.[board]' in the hyperlapse clone)", file=sys.stderr)
+        return None
+
 
 # -- board ---------------------------------------------------------------------------------------
 def _add_board(sub: argparse._SubParsersAction) -> None:

@@ -328,7 +328,11 @@ def test_sweep_in_process_gathers_one_row_per_store(tmp_path, capsys):
     assert rows[1]["mean_link_auc_baseline"] is not None and "mean_link_auc" in rows[1]
     assert (tmp_path / "out" / "sweep.csv").read_text().count("\n") == 4
     code = main(["sweep", *map(str, stores[:2]), "--out", str(tmp_path / "cli"), "--quiet"])
-    assert code == 0 and "2 runs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert code == 0 and "2 runs" in printed
+    # the static comparison page names both runs and carries its JavaScript inline
+    page = (tmp_path / "cli" / "comparison.html").read_text()
+    assert "comparison page" in printed and "a-1" in page and "<script src=\"http" not in page
     assert main(["sweep", str(stores[2]), "--out", str(tmp_path / "cli2"), "--quiet"]) == 1
 
 

@@ -36,6 +36,9 @@ def summarise_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
         >>> row = summarise_reports(reps)
         >>> row["final_radius_l0"], row["drift_mean_l0"], round(row["mean_link_ap"], 3)
         (3.0, 0.375, 0.7)
+        >>> summarise_reports([{"step": 0, "layers": [], "metrics": {"loss": 2.0}},
+        ...                    {"step": 5, "layers": [], "metrics": {"loss": 0.5}}])["last_loss"]
+        0.5
     """
     if not reports:
         return {"snapshots": 0}
@@ -58,6 +61,15 @@ def summarise_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for i in range(len(last.get("layers", []))):
         rates = [r["layers"][i].get("drift_rate") for r in reports if len(r["layers"]) > i]
         row[f"drift_rate_l{i}"] = _mean(rates)
+    # the user's own logged scalars (loss, val_acc, ...): last value, min and max over the run
+    names = sorted({k for r in reports for k in (r.get("metrics") or {})})
+    for name in names:
+        values = [v for r in reports
+                  if isinstance(v := (r.get("metrics") or {}).get(name), (int, float))
+                  and not isinstance(v, bool) and math.isfinite(v)]
+        row[f"last_{name}"] = values[-1] if values else None
+        row[f"min_{name}"] = min(values) if values else None
+        row[f"max_{name}"] = max(values) if values else None
     return row
 
 

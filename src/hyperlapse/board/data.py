@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NotAStoreError
-
 __all__ = [
     "DEFAULT_MAX_POINTS",
     "metrics_series",
@@ -250,20 +248,9 @@ def read_report(analysis: str | Path, index: int) -> dict[str, Any] | None:
 
 
 def _open_embeddings(analysis: Path):
-    import zarr
+    from ..store.embeddings import open_embeddings
 
-    path = analysis / "embeddings.zarr"
-    try:
-        group = zarr.open_group(str(path), mode="r")
-    except Exception as exc:  # noqa: BLE001 - zarr raises several types for "not there"
-        raise NotAStoreError(
-            f"Expected the board's embeddings at '{path}', but they are not there yet "
-            f"({type(exc).__name__}). Wait for the first analysed snapshot."
-        ) from None
-    attrs = dict(group.attrs)
-    committed = attrs.get("committed")
-    n = int(group["step"].shape[0]) if committed is None else int(committed)
-    return group, attrs, n
+    return open_embeddings(analysis / "embeddings.zarr")
 
 
 def _project(z: np.ndarray, anchor: np.ndarray) -> np.ndarray:

@@ -24,7 +24,13 @@ import torch
 
 from ..errors import NotAStoreError
 
-__all__ = ["EMBEDDINGS_FORMAT", "EMBEDDINGS_VERSION", "EmbeddingsWriter", "read_embeddings"]
+__all__ = [
+    "EMBEDDINGS_FORMAT",
+    "EMBEDDINGS_VERSION",
+    "EmbeddingsWriter",
+    "open_embeddings",
+    "read_embeddings",
+]
 
 #: ``format`` attribute of ``embeddings.zarr``.
 EMBEDDINGS_FORMAT = "hyperlapse.embeddings"
@@ -110,12 +116,12 @@ class EmbeddingsWriter:
         """Nothing buffered: every row is committed by :meth:`append` (kept for symmetry)."""
 
 
-def read_embeddings(path: str | Path) -> dict[str, Any]:
-    """Read ``embeddings.zarr``: ``{"z" [T, N, d], "step" [T], "node_layer", "node_index",
-    "node_type" [N], "attrs"}`` as tensors (the committed rows only).
+def open_embeddings(path: str | Path) -> tuple[Any, dict[str, Any], int]:
+    """Open ``embeddings.zarr`` read-only without loading it: ``(group, attrs, committed)``;
+    readers take rows ``[:committed]`` only (rows past it may still be being written).
 
     Raises:
-        NotAStoreError: ``path`` is not an embeddings store written by hyperlapse.
+        NotAStoreError: ``path`` is not (yet) an embeddings store written by hyperlapse.
     """
     import zarr
 
@@ -123,8 +129,9 @@ def read_embeddings(path: str | Path) -> dict[str, Any]:
         group = zarr.open_group(str(path), mode="r")
     except Exception as exc:  # noqa: BLE001 - zarr raises several types for "not there"
         raise NotAStoreError(
-            f"Expected an embeddings store written by `hyperlapse analyze` at '{path}', but "
-            f"could not open it ({type(exc).__name__}: {exc})."
+            f"Expected an embeddings store written by hyperlapse at '{path}', but could not "
+            f"open it ({type(exc).__name__}: {exc}). If an analysis is running, wait for its "
+            f"first snapshot."
         ) from None
     attrs = dict(group.attrs)
     if attrs.get("format") != EMBEDDINGS_FORMAT:
@@ -133,6 +140,17 @@ def read_embeddings(path: str | Path) -> dict[str, Any]:
         )
     n = attrs.get("committed")
     n = int(group["step"].shape[0]) if n is None else int(n)  # version 2: whole arrays
+    return group, attrs, n
+
+
+def read_embeddings(path: str | Path) -> dict[str, Any]:
+    """Read ``embeddings.zarr``: ``{"z" [T, N, d], "step" [T], "node_layer", "node_index",
+    "node_type" [N], "attrs"}`` as tensors (the committed rows only).
+
+    Raises:
+        NotAStoreError: ``path`` is not an embeddings store written by hyperlapse.
+    """
+    group, attrs, n = open_embeddings(path)
     out: dict[str, Any] = {
         name: torch.from_numpy(np.asarray(group[name][:n]))
         for name in ("z", "step")

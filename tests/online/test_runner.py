@@ -132,3 +132,32 @@ def test_a_store_that_cannot_be_analysed_is_a_status_not_an_exception(tmp_path):
     assert st["error"] is not None and "MLP" in st["error"]
     assert run.advance() == 0  # stays failed, never raises
     assert run.close() is None
+
+
+def test_run_analysis_holds_no_report_in_memory_but_pages_them_all(tmp_path):
+    """The board's follower: memory does not grow with the run, the page still has every
+    report (read back from reports.jsonl at close)."""
+    import torch
+    from torch import nn
+
+    from hyperlapse import TrajectoryRecorder
+    from hyperlapse.online.runner import RunAnalysis
+    from hyperlapse.report.jsonl import read_reports
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    store = tmp_path / "run.zarr"
+    with TrajectoryRecorder(store, model, every=2, flush_every_s=None) as rec:
+        rec.attach(opt)
+        for _ in range(8):
+            opt.zero_grad()
+            model(torch.randn(16, 2)).pow(2).mean().backward()
+            opt.step()
+    run = RunAnalysis(store, tmp_path / "out", **FAST)
+    done = run.advance()
+    assert done == run.analysed == 5
+    assert run.session.reports == []  # nothing held: the board's memory stays flat
+    page = run.close(page=True)
+    assert page is not None and page.is_file()
+    assert len(read_reports(tmp_path / "out" / "reports.jsonl")) == 5

@@ -110,7 +110,7 @@ class RunAnalysis:
     @property
     def analysed(self) -> int:
         """Snapshots analysed (reports in ``reports.jsonl``)."""
-        return 0 if self.session is None else len(self.session.reports)
+        return 0 if self.session is None else self.session.count
 
     def status(self) -> dict[str, Any]:
         """``{"store", "committed", "analysed", "pending", "closed", "state", "last_step",
@@ -202,7 +202,8 @@ class RunAnalysis:
         saved = self._load()
         session = ReportSession(
             self.out, traj.architecture, quiet=self.quiet, seed=self.seed,
-            title=f"hyperlapse report: {name}", append=saved is not None, **online,
+            title=f"hyperlapse report: {name}", append=saved is not None,
+            keep_reports=False, **online,
         )
         start = 0
         if saved is not None:

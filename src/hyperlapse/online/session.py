@@ -100,6 +100,9 @@ class ReportSession:
         volume_grid: points per side of the volume-element maps.
         title: of the HTML page.
         append: keep an existing ``reports.jsonl`` (a restart: see :meth:`load_state`).
+        keep_reports: hold every report in :attr:`reports` (``False``: only count them and
+            read them back from ``reports.jsonl`` for the page, so a long-lived follower's
+            memory does not grow with the run; :class:`~hyperlapse.online.runner.RunAnalysis`).
         **online: arguments of :class:`~hyperlapse.online.analyzer.OnlineEncoder`.
     """
 
@@ -117,6 +120,7 @@ class ReportSession:
         total: int | None = None,
         volume_grid: int = 64,
         append: bool = False,
+        keep_reports: bool = True,
         **online: Any,
     ) -> None:
         self.out = Path(out)
@@ -142,7 +146,13 @@ class ReportSession:
         self.title = title
         self.total = total
         self.volume_grid = volume_grid
+        #: the reports of this session, held in memory when ``keep_reports`` (else ``[]``: a
+        #: long-lived follower such as the board reads them back from ``reports.jsonl`` only
+        #: for the page, so its memory does not grow with the run)
         self.reports: list[Report] = []
+        self.keep_reports = bool(keep_reports)
+        #: reports written to ``reports.jsonl`` (kept or not)
+        self.count = 0
         self.disk: dict[int, Tensor] = {}
         self.disk_hubs: dict[int, list[int]] = {}
         self.first_state: dict[str, Tensor] | None = None
@@ -164,7 +174,9 @@ class ReportSession:
         if index != report["index"]:
             report["source_index"] = int(index)  # snapshots were dropped upstream
         self.writer.write(report)
-        self.reports.append(report)
+        self.count += 1
+        if self.keep_reports:
+            self.reports.append(report)
         keep = {k: v.detach().clone() for k, v in state.items()}
         if self.first_state is None:
             self.first_state = keep
@@ -224,7 +236,8 @@ class ReportSession:
                 writer.write(report)
         os.replace(tmp, path)
         self.writer = ReportWriter(path, append=True)
-        self.reports = kept
+        self.count = len(kept)
+        self.reports = kept if self.keep_reports else []
 
     def close_writer(self) -> None:
         self.writer.close()
@@ -232,6 +245,10 @@ class ReportSession:
     def finish(self, summary: Mapping[str, Any] | None = None) -> Path | None:
         """Close ``reports.jsonl``; draw the plots and ``report.html`` (returns its path)."""
         self.writer.close()
+        if not self.keep_reports and self.plots and self.count:
+            from ..report.jsonl import read_reports
+
+            self.reports = read_reports(self.out / "reports.jsonl", check=False)
         if not self.plots or not self.reports:
             return None
         from ..report import plots as P

@@ -14,6 +14,7 @@ from board_helpers import FAST, record
 from starlette.testclient import TestClient
 from torch import nn
 
+from hyperlapse import TrajectoryRecorder
 from hyperlapse.board.analysis import Analyser
 from hyperlapse.board.app import create_app
 from hyperlapse.board.data import _scores, report_series
@@ -280,3 +281,49 @@ def test_ctrl_c_stops_the_board_cleanly(tmp_path):
     again = Analyser(RunIndex(tmp_path))
     assert again.role == "analyser"  # released by the stopped board
     again.stop()
+
+
+def _sweep_run(path, seed: int, steps: int, planned: int = 40) -> None:
+    """A tiny sweep run logging val_acc and its planned length (what forecast_sweep reads)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 4, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=10 ** (-2.5 + 2.0 * (seed % 7) / 6))
+    with TrajectoryRecorder(str(path), model, every=5, fsync=False) as rec:
+        rec.attach(opt)
+        rec.log(val_acc=0.5, planned_steps=planned)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                acc = (model(x).argmax(1) == y).float().mean()
+            rec.log(val_acc=acc, train_loss=loss.detach(), planned_steps=planned)
+
+
+def test_forecast_beside_each_live_run_with_its_current_value(tmp_path):
+    pytest.importorskip("sklearn")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _sweep_run(tmp_path / "live-0.zarr", 20, 15)
+        _, _, client = _board(tmp_path)
+        few = client.get("/api/forecast").json()  # one unfinished run: nothing to fit on
+        assert few["available"] is False and "finished" in few["reason"] and few["runs"] == {}
+        for s in range(12):
+            _sweep_run(tmp_path / f"done-{s:02d}.zarr", s, 40)
+        _, _, client = _board(tmp_path)
+        res = client.get("/api/forecast").json()
+    finally:
+        torch.set_num_threads(threads)
+    assert res["available"] is True and res["metric"] == "val_acc" and res["finished"] == 12
+    assert list(res["runs"]) == ["live-0.zarr"]
+    live = res["runs"]["live-0.zarr"]
+    assert live["rank"] == 1 and live["low"] <= live["predicted"] <= live["high"]
+    # the comparison shown beside it: the run's own last logged val_acc
+    from hyperlapse import open_trajectory
+
+    assert live["current"] == pytest.approx(float(open_trajectory(
+        tmp_path / "live-0.zarr").metrics["val_acc"][-1]))

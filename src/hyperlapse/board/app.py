@@ -64,6 +64,9 @@ def create_app(index: RunIndex, analyser: Any = None) -> Starlette:
             list shows (None: no analysis in this process).
     """
     js = plotly_js()
+    from .forecast import SweepForecastCache
+
+    sweep = SweepForecastCache(index)
 
     def page(name: str):
         def endpoint(request: Request) -> Response:
@@ -83,6 +86,9 @@ def create_app(index: RunIndex, analyser: Any = None) -> Starlette:
             run["analysis"] = (analyser.state(run["name"]) if analyser is not None
                                else {"state": "off", "error": None})
         return JSONResponse(out, headers={"Cache-Control": "no-store"})
+
+    def forecast(request: Request) -> Response:
+        return JSONResponse(sweep.get(), headers={"Cache-Control": "no-store"})
 
     def run_or_404(request: Request) -> tuple[str, Path] | JSONResponse:
         name = request.path_params["name"]
@@ -147,6 +153,7 @@ def create_app(index: RunIndex, analyser: Any = None) -> Starlette:
         Mount("/static", app=StaticFiles(directory=ASSETS), name="static"),
         Route("/api/board", board),
         Route("/api/runs", runs),
+        Route("/api/forecast", forecast),
         Route("/api/runs/{name:path}/metrics", metrics),
         Route("/api/runs/{name:path}/reports", reports),
         Route("/api/runs/{name:path}/embedding", embedding),

@@ -69,6 +69,26 @@ async function indexPage() {
     const q = [...selected].map((n) => "runs=" + encodeURIComponent(n)).join("&");
     window.location.href = "/compare?" + q;
   };
+  let forecast = { available: false, reason: "not computed yet", runs: {}, waiting: [] };
+  function forecastText(name) {
+    const f = forecast.runs[name];
+    if (f) {  /* beside the run's current value: what a cut on the current metric sees */
+      return `#${f.rank} ${fmt(f.predicted, 3)} [${fmt(f.low, 3)}, ${fmt(f.high, 3)}]` +
+        ` (now ${fmt(f.current, 3)})`;
+    }
+    return (forecast.waiting || []).includes(name) ? "before the cut" : "";
+  }
+  async function refreshForecast() {
+    if (STATIC) return;
+    try { forecast = await getJSON("/api/forecast"); } catch (e) { return; }
+    $("forecast-note").textContent = forecast.available
+      ? `Forecast of the final ${forecast.metric} (${forecast.goal}) of each run in progress, ` +
+        `from its first ${Math.round(forecast.at * 100)} % of the planned steps, fitted on ` +
+        `${forecast.finished} finished runs of this folder (80 % interval; rank 1 = best). ` +
+        `"now": the run's current ${forecast.metric}, what a cut on the current value sees. ` +
+        `Measured against that baseline: docs/sweep-forecast.md.`
+      : `No sweep forecast: ${forecast.reason}`;
+  }
   async function refresh() {
     let runs;
     try { runs = await listRuns(); } catch (e) { return; }
@@ -83,7 +103,8 @@ async function indexPage() {
         <td><span class="status status-${esc(r.status)}">${esc(r.status)}</span></td>
         <td class="num snapshots">${r.snapshots}</td><td class="num">${fmt(r.last_step, 0)}</td>
         <td class="num">${r.analysed}</td><td class="detail">${esc(analysis)}</td>
-        <td>${esc(costText(r.recording_cost))}</td><td class="detail">${esc(r.detail || "")}</td></tr>`;
+        <td>${esc(costText(r.recording_cost))}</td><td class="forecast">${esc(forecastText(r.name))}</td>
+        <td class="detail">${esc(r.detail || "")}</td></tr>`;
     }).join("");
     for (const box of body.querySelectorAll(".pick")) {
       box.onchange = () => {
@@ -94,6 +115,8 @@ async function indexPage() {
   }
   await refresh();
   setInterval(refresh, POLL_MS);
+  refreshForecast();  /* a refit costs seconds: every 30 s, not at every poll */
+  setInterval(refreshForecast, 30000);
   /* compile plotly.js now, while the list is read: the first run page then opens at once
      (the first compile of its 4.8 MB took ~2 s on the 2-core benchmark machine) */
   const warm = document.createElement("script");

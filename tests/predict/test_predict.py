@@ -144,7 +144,8 @@ def test_bad_input_errors():
 def test_missing_sklearn_is_a_clear_error(monkeypatch):
     runs, scales = _runs(6)
     monkeypatch.setitem(sys.modules, "sklearn", None)
-    with pytest.raises(MissingDependencyError, match=r"hyperlapse\[predict\]"):
+    with pytest.raises(MissingDependencyError,
+                       match=r"pip install -e '\.\[predict\]' in the hyperlapse clone"):
         fit_predictor(runs, scales, "rank")
 
 

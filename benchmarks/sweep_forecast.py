@@ -47,6 +47,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -350,34 +351,13 @@ def markdown(res: dict[str, Any]) -> str:
                   "Kendall tau with the final test metric (cuts 10 / 20 / 50 %):", "",
                   "| predictor | " + " | ".join(tasks) + " |",
                   "|---|" + "---|" * len(tasks)]
-        for name in names:
-            cells = []
-            for task in tasks:
-                row = s.get(f"{proto}|{task}|{name}")
-                if not row:
-                    cells.append("-")
-                    continue
-                cells.append(" / ".join(_fmt(row.get(f"kendall@{c}")) if row.get(
-                    f"kendall@{c}") else "-" for c in CUTS))
-            if any(c != "-" for c in cells):
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += _predictor_rows(s, proto, tasks, names, _kendall_cell)
         lines += ["", "At 20 %: recall of the true top 10 % in the predicted top 30 %; compute "
                   "to keep a run within 0.005 of the best (one cut at 20 % / successive halving "
                   "10-20-50 %), as a fraction of the full sweep:", "",
                   "| predictor | " + " | ".join(tasks) + " |",
                   "|---|" + "---|" * len(tasks)]
-        for name in names:
-            cells = []
-            for task in tasks:
-                row = s.get(f"{proto}|{task}|{name}")
-                if not row or "recall@0.2" not in row:
-                    cells.append("-")
-                    continue
-                hc = row.get("halving_cost")
-                cells.append(f"{_fmt(row['recall@0.2'])}; {_fmt(row['one_cut_cost@0.2'])} / "
-                             f"{_fmt(hc) if hc else '-'}")
-            if any(c != "-" for c in cells):
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += _predictor_rows(s, proto, tasks, names, _decision_cell)
         lines.append("")
     lines += ["## Goals at 20 % (primary predictor: " + PRIMARY + ")", "",
               "| protocol / task | strongest baseline | Kendall gain | +0.1 beyond spread | "
@@ -477,6 +457,31 @@ def encoder_only(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     (out / "sweep_forecast_encoder.json").write_text(json.dumps(enc, indent=1))
     print(json.dumps(enc["cost"]))
     return enc
+
+
+def _kendall_cell(row: dict[str, Any]) -> str:
+    return " / ".join(_fmt(row.get(f"kendall@{c}")) if row.get(f"kendall@{c}") else "-"
+                      for c in CUTS)
+
+
+def _decision_cell(row: dict[str, Any]) -> str:
+    if "recall@0.2" not in row:
+        return "-"
+    hc = row.get("halving_cost")
+    return (f"{_fmt(row['recall@0.2'])}; {_fmt(row['one_cut_cost@0.2'])} / "
+            f"{_fmt(hc) if hc else '-'}")
+
+
+def _predictor_rows(summary: dict[str, Any], proto: str, tasks: list[str], names: list[str],
+                    cell: Callable[[dict[str, Any]], str]) -> list[str]:
+    """One markdown row per predictor with a result on some task ("-" where it has none)."""
+    rows = []
+    for name in names:
+        cells = [cell(row) if (row := summary.get(f"{proto}|{task}|{name}")) else "-"
+                 for task in tasks]
+        if any(c != "-" for c in cells):
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def render(out: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import ArchitectureError, NotAStoreError, StoreError
+from ..errors import ArchitectureError, NotAStoreError, StoreError, StoreNotReadyError
 
 __all__ = [
     "Snapshot",
@@ -119,7 +119,6 @@ def wait_for_store(
     Raises:
         NotAStoreError: none appeared within ``timeout_s`` (``None``: wait for ever).
     """
-    from ..errors import StoreNotReadyError
     from ..store.format import store_exists
 
     start = time.monotonic()
